@@ -1,0 +1,77 @@
+"""The `Backend` protocol: what the data plane needs from an inference engine, and nothing more.
+
+Two implementations: ONNX Runtime (`onnx_backend`, the default, no TensorFlow) and TensorFlow
+SavedModel (`tensorflow_backend`, optional extra). Each imports its engine lazily, so that choosing
+one never loads the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    dtype: np.dtype  # np.dtype(object) for strings
+    shape: tuple[int, ...]  # -1 where unknown; batch dimension first
+
+
+@dataclass(frozen=True)
+class Signature:
+    name: str
+    method: str  # "tensorflow/serving/predict" or ".../classify"
+    inputs: Mapping[str, TensorMeta]
+    outputs: Mapping[str, TensorMeta]
+    # Inputs a request may send instead of one of `inputs` (e.g. `image_bytes` instead of `image`):
+    # alternative name -> the input it replaces. The backend converts them in `prepare`. They are not
+    # part of the published SignatureDef.
+    alternatives: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    intra_op_threads: int = 0  # 0: the engine's default
+    inter_op_threads: int = 0
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+
+
+class Backend(Protocol):
+    platform: str
+    labels: tuple[str, ...]
+
+    def signatures(self) -> Mapping[str, Signature]:
+        """Signature name -> what it takes and returns."""
+        ...
+
+    def prepare(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Turn validated request tensors into the tensors `run` takes (decode images, tokenize).
+
+        Runs before batching, per request; raises InvalidArgument for undecodable input.
+        """
+        ...
+
+    def run(
+        self, signature: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run one (possibly batched) call; `outputs` None means all of the signature's outputs."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def load_backend(platform: str, version_dir: Path, options: BackendOptions) -> Backend:
+    """Load one model version with the named engine ("onnx" or "tensorflow")."""
+    if platform == "onnx":
+        from serving.backends.onnx_backend import OnnxBackend
+
+        return OnnxBackend(version_dir, options)
+    if platform == "tensorflow":
+        from serving.backends.tensorflow_backend import TensorFlowBackend
+
+        return TensorFlowBackend(version_dir, options)
+    raise ValueError(f"unknown backend {platform!r} (expected 'onnx' or 'tensorflow')")

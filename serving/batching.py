@@ -1,0 +1,168 @@
+"""Dynamic batching: concurrent requests to one model version and signature share one engine call.
+
+A standalone asyncio class with no RPC knowledge. Each caller awaits its own future; requests are
+grouped while the first one waits at most `batch_timeout_micros` (or until `max_batch_size` rows
+are queued), concatenated along the batch axis, run once in a worker thread, and split back by row
+count. A failed batch fails every caller in it with the cause; a result whose row count does not
+match the batch is an error, never a silent mix-up. Only requests whose tensors agree on everything
+but the batch dimension share a batch. With `allowed_batch_sizes`, a batch is padded up to the next
+allowed size (repeating its last row) so the engine sees only a few shapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from serving.config import BatchingConfig
+from serving.errors import ResourceExhausted
+
+log = logging.getLogger(__name__)
+
+Tensors = Mapping[str, np.ndarray]
+RunBatch = Callable[[Tensors], dict[str, np.ndarray]]
+Observer = Callable[[int, int, float], None]  # (rows, padded rows, seconds)
+
+
+def batch_key(inputs: Tensors) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+    """Requests batch together only when names, dtypes and non-batch dimensions all agree."""
+    return tuple(sorted((name, value.dtype.str, value.shape[1:]) for name, value in inputs.items()))
+
+
+def rows_of(inputs: Tensors) -> int:
+    return int(next(iter(inputs.values())).shape[0])
+
+
+@dataclass
+class _Pending:
+    inputs: Tensors
+    rows: int
+    future: asyncio.Future[dict[str, np.ndarray]]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        config: BatchingConfig,
+        executor: Executor | None = None,
+        observe: Observer | None = None,
+    ) -> None:
+        self._run_batch = run_batch
+        self.config = config
+        self._executor = executor
+        self._observe = observe
+        self._queues: dict[tuple[object, ...], list[_Pending]] = {}
+        self._timers: dict[tuple[object, ...], asyncio.TimerHandle] = {}
+        self._running = asyncio.Semaphore(config.num_batch_threads)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.queued_rows = 0
+
+    @property
+    def _max_queued_rows(self) -> int:
+        return self.config.max_batch_size * self.config.max_enqueued_batches
+
+    async def submit(self, inputs: Tensors) -> dict[str, np.ndarray]:
+        """Queue one request's tensors; returns its own rows of the batched result."""
+        rows = rows_of(inputs)
+        if self.queued_rows + rows > self._max_queued_rows:
+            raise ResourceExhausted(
+                f"batch queue is full ({self.queued_rows} rows waiting, limit {self._max_queued_rows}); retry later"
+            )
+        loop = asyncio.get_running_loop()
+        pending = _Pending(inputs, rows, loop.create_future())
+        key = batch_key(inputs)
+        queue = self._queues.setdefault(key, [])
+        queue.append(pending)
+        self.queued_rows += rows
+        if sum(p.rows for p in queue) >= self.config.max_batch_size:
+            self._flush(key)
+        elif key not in self._timers:
+            delay = self.config.batch_timeout_micros / 1e6
+            self._timers[key] = loop.call_later(delay, self._flush, key)
+        return await pending.future
+
+    def _flush(self, key: tuple[object, ...]) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        queue = self._queues.pop(key, [])
+        while queue:
+            # Take whole requests up to max_batch_size rows; a single request larger than the
+            # limit runs on its own rather than being refused.
+            batch, rows = [queue.pop(0)], 0
+            rows = batch[0].rows
+            while queue and rows + queue[0].rows <= self.config.max_batch_size:
+                rows += queue[0].rows
+                batch.append(queue.pop(0))
+            task = asyncio.get_running_loop().create_task(self._execute(batch, rows))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _padded(self, rows: int) -> int:
+        for size in self.config.allowed_batch_sizes:
+            if size >= rows:
+                return size
+        return rows
+
+    async def _execute(self, batch: list[_Pending], rows: int) -> None:
+        try:
+            async with self._running:
+                live = [p for p in batch if not p.future.cancelled()]
+                if not live:
+                    return
+                rows = sum(p.rows for p in live)
+                padded = self._padded(rows)
+                started = time.perf_counter()
+                loop = asyncio.get_running_loop()
+                outputs = await loop.run_in_executor(self._executor, self._concat_and_run, live, padded)
+                if self._observe is not None:
+                    self._observe(rows, padded, time.perf_counter() - started)
+            offset = 0
+            for pending in live:
+                part = {name: value[offset : offset + pending.rows] for name, value in outputs.items()}
+                offset += pending.rows
+                if not pending.future.done():
+                    pending.future.set_result(part)
+        except BaseException as exc:  # every caller in the batch learns the cause
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self.queued_rows -= sum(p.rows for p in batch)
+
+    def _concat_and_run(self, batch: list[_Pending], padded: int) -> dict[str, np.ndarray]:
+        names = list(batch[0].inputs)
+        if len(batch) == 1 and padded == batch[0].rows:
+            merged = dict(batch[0].inputs)
+        else:
+            merged = {name: np.concatenate([p.inputs[name] for p in batch]) for name in names}
+            rows = sum(p.rows for p in batch)
+            if padded > rows:
+                merged = {
+                    name: np.concatenate([value, np.repeat(value[-1:], padded - rows, axis=0)])
+                    for name, value in merged.items()
+                }
+        outputs = self._run_batch(merged)
+        for name, value in outputs.items():
+            if value.ndim == 0 or value.shape[0] != padded:
+                raise RuntimeError(
+                    f"engine returned {value.shape[0] if value.ndim else 'a scalar'} rows of '{name}' "
+                    f"for a batch of {padded}"
+                )
+        return outputs
+
+    async def close(self) -> None:
+        for key in list(self._queues):
+            self._flush(key)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

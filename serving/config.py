@@ -1,0 +1,268 @@
+"""Server configuration: `tensorflow_model_server`'s flags and config files, parsed once in `main()`.
+
+Flags keep TF Serving's names (`--port`, `--rest_api_port`, `--model_config_file`, ...) and accept
+both `--flag value` and `--flag=value` (`--enable_batching=true` too), so a deployment can swap the
+binary and keep its arguments. The three config files use TF Serving's protobuf text format.
+Everything ends up in frozen dataclasses; nothing here reads argv or the environment at import.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from serving.proto import config_pb2
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A flag or config file is invalid; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """TF Serving's ServableVersionPolicy: `latest` N (default 1), `all`, or `specific` versions."""
+
+    kind: str = "latest"  # "latest" | "all" | "specific"
+    num_versions: int = 1
+    versions: tuple[int, ...] = ()
+
+    def select(self, available: Sequence[int]) -> list[int]:
+        ordered = sorted(available)
+        if self.kind == "all":
+            return ordered
+        if self.kind == "specific":
+            return [v for v in ordered if v in self.versions]
+        return ordered[-self.num_versions :] if self.num_versions > 0 else []
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    base_path: Path
+    platform: str = "tensorflow"  # TF Serving's model_platform; informational here
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    version_labels: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """TF Serving's BatchingParameters, with its defaults where the file leaves a field out."""
+
+    max_batch_size: int = 1000
+    batch_timeout_micros: int = 0
+    max_enqueued_batches: int = 100
+    num_batch_threads: int = 2
+    allowed_batch_sizes: tuple[int, ...] = ()
+    pad_variable_length_inputs: bool = False
+
+
+@dataclass(frozen=True)
+class MonitoringConfig:
+    enable: bool = True
+    path: str = "/monitoring/prometheus/metrics"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    models: tuple[ModelConfig, ...]
+    host: str = "0.0.0.0"
+    port: int = 8500
+    rest_api_port: int = 8501
+    backend: str = "onnx"
+    onnx_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    batching: BatchingConfig | None = None
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    grpc_max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    file_system_poll_wait_seconds: float = 1.0
+    drain_seconds: float = 10.0
+    request_timeout_seconds: float = 30.0
+    model_config_file: Path | None = None
+
+
+def parse_model_config_text(text: str, relative_to: Path | None = None) -> tuple[ModelConfig, ...]:
+    """Parse a `model_config_list { config { ... } }` file (TF Serving's text format)."""
+    message = config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as exc:
+        raise ConfigError(f"model config: {exc}") from exc
+    models = []
+    for raw in message.model_config_list.config:
+        if not raw.name:
+            raise ConfigError("model config: every config needs a name")
+        if not raw.base_path:
+            raise ConfigError(f"model config: model '{raw.name}' has no base_path")
+        base = Path(raw.base_path)
+        if not base.is_absolute() and relative_to is not None:
+            base = relative_to / base
+        models.append(
+            ModelConfig(
+                name=raw.name,
+                base_path=base,
+                platform=raw.model_platform or "tensorflow",
+                version_policy=_version_policy(raw),
+                version_labels=dict(raw.version_labels),
+            )
+        )
+    names = [m.name for m in models]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"model config: duplicate model names {duplicates}")
+    if not models:
+        raise ConfigError("model config: model_config_list has no config entries")
+    return tuple(models)
+
+
+def _version_policy(raw: config_pb2.ModelConfig) -> VersionPolicy:
+    policy = raw.model_version_policy
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return VersionPolicy(kind="all")
+    if choice == "specific":
+        if not policy.specific.versions:
+            raise ConfigError(f"model '{raw.name}': specific version policy lists no versions")
+        return VersionPolicy(kind="specific", versions=tuple(policy.specific.versions))
+    if choice == "latest":
+        return VersionPolicy(kind="latest", num_versions=policy.latest.num_versions or 1)
+    return VersionPolicy()
+
+
+def parse_batching_text(text: str) -> BatchingConfig:
+    message = config_pb2.BatchingParameters()
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as exc:
+        raise ConfigError(f"batching parameters: {exc}") from exc
+    defaults = BatchingConfig()
+
+    def wrapped(name: str, default: int) -> int:
+        return int(getattr(message, name).value) if message.HasField(name) else default
+
+    config = BatchingConfig(
+        max_batch_size=wrapped("max_batch_size", defaults.max_batch_size),
+        batch_timeout_micros=wrapped("batch_timeout_micros", defaults.batch_timeout_micros),
+        max_enqueued_batches=wrapped("max_enqueued_batches", defaults.max_enqueued_batches),
+        num_batch_threads=wrapped("num_batch_threads", defaults.num_batch_threads),
+        allowed_batch_sizes=tuple(int(v) for v in message.allowed_batch_sizes),
+        pad_variable_length_inputs=message.pad_variable_length_inputs,
+    )
+    if config.max_batch_size < 1 or config.num_batch_threads < 1 or config.max_enqueued_batches < 1:
+        raise ConfigError("batching parameters: max_batch_size, num_batch_threads, max_enqueued_batches must be >= 1")
+    if config.batch_timeout_micros < 0:
+        raise ConfigError("batching parameters: batch_timeout_micros must be >= 0")
+    sizes = config.allowed_batch_sizes
+    if sizes and (list(sizes) != sorted(set(sizes)) or sizes[-1] != config.max_batch_size):
+        raise ConfigError(
+            "batching parameters: allowed_batch_sizes must increase and end with max_batch_size"
+        )
+    return config
+
+
+def parse_monitoring_text(text: str) -> MonitoringConfig:
+    message = config_pb2.MonitoringConfig()
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as exc:
+        raise ConfigError(f"monitoring config: {exc}") from exc
+    prometheus = message.prometheus_config
+    path = prometheus.path or MonitoringConfig.path
+    if not path.startswith("/"):
+        raise ConfigError(f"monitoring config: path must start with '/', got {path!r}")
+    return MonitoringConfig(enable=prometheus.enable, path=path)
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="serve",
+        description="Serve exported models over TensorFlow Serving's gRPC and REST APIs (ONNX Runtime).",
+    )
+    add = parser.add_argument
+    add("--port", type=int, default=8500, help="gRPC port (0 picks a free one)")
+    add("--rest_api_port", type=int, default=8501, help="REST port (0 picks a free one; -1 disables REST)")
+    add("--host", default="0.0.0.0", help="address to bind both ports to")
+    add("--model_name", default=None, help="name of the single model to serve (with --model_base_path)")
+    add("--model_base_path", default=None, help="folder holding <version>/ subfolders of one model")
+    add("--model_config_file", default=None, help="TF Serving text-format model_config_list for several models")
+    add("--model_config_file_poll_wait_seconds", type=float, default=0, help="accepted for compatibility; reload with a restart or HandleReloadConfigRequest")
+    add("--file_system_poll_wait_seconds", type=float, default=1.0, help="how often to look for new versions (0: only at start)")
+    add("--enable_batching", type=_bool, nargs="?", const=True, default=False, help="batch concurrent requests")
+    add("--batching_parameters_file", default=None, help="TF Serving BatchingParameters text file")
+    add("--monitoring_config_file", default=None, help="TF Serving MonitoringConfig text file (Prometheus path)")
+    add("--grpc_max_message_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, help="largest gRPC message accepted and sent")
+    add("--backend", choices=("onnx", "tensorflow"), default="onnx", help="inference engine")
+    add("--onnx_providers", default="CPUExecutionProvider", help="comma-separated ONNX Runtime providers, in order of preference")
+    add("--tensorflow_intra_op_parallelism", type=int, default=0, help="threads inside one op (0: engine default)")
+    add("--tensorflow_inter_op_parallelism", type=int, default=0, help="ops run in parallel (0: engine default)")
+    add("--drain_seconds", type=float, default=10.0, help="on SIGTERM, how long in-flight requests may finish")
+    add("--request_timeout_seconds", type=float, default=30.0, help="server-side limit on one request")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
+    """Flags -> ServerConfig; reads the config files they name. Raises ConfigError."""
+    args = build_parser().parse_args(argv)
+    config_file = Path(args.model_config_file).resolve() if args.model_config_file else None
+    if config_file is not None:
+        if args.model_name or args.model_base_path:
+            raise ConfigError("use either --model_config_file or --model_name/--model_base_path, not both")
+        models = parse_model_config_text(_read(config_file, "--model_config_file"), config_file.parent)
+    elif args.model_base_path:
+        models = (ModelConfig(name=args.model_name or "default", base_path=Path(args.model_base_path).resolve()),)
+    else:
+        raise ConfigError("nothing to serve: give --model_config_file, or --model_name and --model_base_path")
+
+    batching = None
+    if args.enable_batching:
+        batching = (
+            parse_batching_text(_read(Path(args.batching_parameters_file), "--batching_parameters_file"))
+            if args.batching_parameters_file
+            else BatchingConfig()
+        )
+    monitoring = (
+        parse_monitoring_text(_read(Path(args.monitoring_config_file), "--monitoring_config_file"))
+        if args.monitoring_config_file
+        else MonitoringConfig()
+    )
+    if args.grpc_max_message_bytes < 1024:
+        raise ConfigError("--grpc_max_message_bytes must be at least 1024")
+    return ServerConfig(
+        models=models,
+        host=args.host,
+        port=args.port,
+        rest_api_port=args.rest_api_port,
+        backend=args.backend,
+        onnx_providers=tuple(p.strip() for p in args.onnx_providers.split(",") if p.strip()),
+        intra_op_threads=args.tensorflow_intra_op_parallelism,
+        inter_op_threads=args.tensorflow_inter_op_parallelism,
+        batching=batching,
+        monitoring=monitoring,
+        grpc_max_message_bytes=args.grpc_max_message_bytes,
+        file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+        drain_seconds=args.drain_seconds,
+        request_timeout_seconds=args.request_timeout_seconds,
+        model_config_file=config_file,
+    )
+
+
+def _read(path: Path, flag: str) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{flag}: cannot read {path}: {exc.strerror}") from exc

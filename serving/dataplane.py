@@ -1,0 +1,259 @@
+"""The one data plane between the protocols and the engines.
+
+gRPC and REST both decode their wire format into numpy and call `predict`, `classify`, `metadata`
+or `status` here. A request is validated fully (model, version, signature, input names, dtypes,
+shapes, sizes, finite values) and prepared (images decoded, text tokenized) before it reaches a
+batch queue, so one bad request can never fail a batch that other callers share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from serving.backends.base import Signature, TensorMeta
+from serving.batching import Batcher
+from serving.codec import STRING, dtype_name
+from serving.config import BatchingConfig
+from serving.errors import FailedPrecondition, InvalidArgument, NotFound
+from serving.metrics import Metrics
+from serving.repository import ModelVersion, Repository
+
+DEFAULT_SIGNATURE = "serving_default"
+PREDICT_METHOD = "tensorflow/serving/predict"
+MAX_STRING_BYTES = 16 * 1024 * 1024  # one string element (an image, a text)
+
+
+@dataclass(frozen=True)
+class Result:
+    version: ModelVersion
+    signature: str
+    outputs: dict[str, np.ndarray]
+
+
+def validate_inputs(signature: Signature, inputs: Mapping[str, np.ndarray]) -> None:
+    """Raise InvalidArgument unless `inputs` is exactly what `signature` takes."""
+    given = set(inputs)
+    expected = set(signature.inputs)
+    for alternative, replaced in signature.alternatives.items():
+        if alternative in given:
+            expected = (expected - {replaced}) | {alternative}
+    if not given:
+        raise InvalidArgument(f"request has no inputs; signature '{signature.name}' takes {_describe(signature)}")
+    unknown, missing = sorted(given - expected), sorted(expected - given)
+    if unknown or missing:
+        parts = []
+        if unknown:
+            parts.append(f"unknown input(s) {unknown}")
+        if missing:
+            parts.append(f"missing input(s) {missing}")
+        raise InvalidArgument(f"{'; '.join(parts)}: signature '{signature.name}' takes {_describe(signature)}")
+
+    batch: int | None = None
+    for name, value in inputs.items():
+        meta = signature.inputs.get(name) or TensorMeta(STRING, (-1,))
+        _check_tensor(name, value, meta)
+        rows = value.shape[0]
+        if batch is not None and rows != batch:
+            raise InvalidArgument(f"inputs disagree on batch size: '{name}' has {rows} rows, others {batch}")
+        batch = rows
+
+
+def _check_tensor(name: str, value: np.ndarray, meta: TensorMeta) -> None:
+    if value.dtype != meta.dtype:
+        raise InvalidArgument(
+            f"input '{name}' must be {dtype_name(meta.dtype)}, got {dtype_name(value.dtype)}"
+        )
+    if value.ndim != len(meta.shape):
+        raise InvalidArgument(
+            f"input '{name}' must have rank {len(meta.shape)} (shape {_shape(meta.shape)}), got shape {list(value.shape)}"
+        )
+    for axis, (want, got) in enumerate(zip(meta.shape, value.shape, strict=True)):
+        if want >= 0 and want != got:
+            raise InvalidArgument(
+                f"input '{name}' must have shape {_shape(meta.shape)}, got {list(value.shape)} (axis {axis})"
+            )
+    if value.shape[0] == 0:
+        raise InvalidArgument(f"input '{name}' is an empty batch (0 rows)")
+    if value.dtype.kind in "fc" and not np.isfinite(value).all():
+        raise InvalidArgument(f"input '{name}' contains NaN or infinite values")
+    if value.dtype == STRING:
+        for element in value.reshape(-1):
+            if not isinstance(element, bytes):
+                raise InvalidArgument(f"input '{name}' holds a non-bytes element")
+            if len(element) > MAX_STRING_BYTES:
+                raise InvalidArgument(
+                    f"input '{name}' has an element of {len(element)} bytes, over the {MAX_STRING_BYTES}-byte limit"
+                )
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "[" + ", ".join("N" if i == 0 and d < 0 else ("?" if d < 0 else str(d)) for i, d in enumerate(shape)) + "]"
+
+
+def _describe(signature: Signature) -> str:
+    parts = [f"'{k}' {dtype_name(m.dtype)} {_shape(m.shape)}" for k, m in signature.inputs.items()]
+    parts += [f"or '{k}' string [N] instead of '{r}'" for k, r in signature.alternatives.items()]
+    return ", ".join(parts)
+
+
+class DataPlane:
+    def __init__(
+        self,
+        repository: Repository,
+        metrics: Metrics,
+        executor: Executor | None = None,
+        batching: BatchingConfig | None = None,
+        max_tensor_bytes: int = 1 << 30,
+    ) -> None:
+        self.repository = repository
+        self.metrics = metrics
+        self.executor = executor
+        self.batching = batching
+        self.max_tensor_bytes = max_tensor_bytes
+        self._batchers: dict[tuple[str, int, str], Batcher] = {}
+
+    # -- resolution ------------------------------------------------------------------------------
+
+    def signature_of(self, version: ModelVersion, name: str) -> Signature:
+        signatures = version.signatures()
+        try:
+            return signatures[name or DEFAULT_SIGNATURE]
+        except KeyError:
+            raise NotFound(
+                f"model '{version.name}' version {version.version} has no signature '{name}'; "
+                f"it has {sorted(signatures)}"
+            ) from None
+
+    # -- predict ---------------------------------------------------------------------------------
+
+    async def predict(
+        self,
+        model: str,
+        inputs: dict[str, np.ndarray],
+        *,
+        version: int | None = None,
+        label: str | None = None,
+        signature: str = "",
+        output_filter: Sequence[str] = (),
+    ) -> Result:
+        resolved = self.repository.resolve(model, version, label)
+        sig = self.signature_of(resolved, signature)
+        validate_inputs(sig, inputs)
+        for name in output_filter:
+            if name not in sig.outputs:
+                raise InvalidArgument(
+                    f"output_filter names '{name}', which signature '{sig.name}' does not have; "
+                    f"outputs are {sorted(sig.outputs)}"
+                )
+        total = sum(v.nbytes if v.dtype != STRING else sum(map(len, v.reshape(-1))) for v in inputs.values())
+        if total > self.max_tensor_bytes:
+            raise InvalidArgument(f"inputs total {total} bytes, over the {self.max_tensor_bytes}-byte limit")
+
+        backend = resolved.backend
+        assert backend is not None  # resolve() only returns AVAILABLE versions
+        loop = asyncio.get_running_loop()
+        prepared = (
+            await loop.run_in_executor(self.executor, backend.prepare, sig.name, inputs)
+            if sig.alternatives or any(m.dtype == STRING for m in sig.inputs.values())
+            else inputs
+        )
+        if self.batching is not None:
+            outputs = await self._batcher(resolved, sig.name).submit(prepared)
+        else:
+            outputs = await loop.run_in_executor(self.executor, self._run, resolved, sig.name, prepared)
+        if output_filter:
+            outputs = {name: outputs[name] for name in output_filter}
+        return Result(resolved, sig.name, outputs)
+
+    def _run(self, version: ModelVersion, signature: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert version.backend is not None
+        rows = next(iter(inputs.values())).shape[0]
+        with self.metrics.engine_seconds.labels(version.name, signature).time():
+            outputs = version.backend.run(signature, inputs)
+        self.metrics.batch_size.labels(version.name, signature).observe(rows)
+        return outputs
+
+    def _batcher(self, version: ModelVersion, signature: str) -> Batcher:
+        key = (version.name, version.version, signature)
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            assert self.batching is not None
+            backend = version.backend
+            assert backend is not None
+            labels = (version.name, signature)
+
+            def observe(rows: int, padded: int, seconds: float) -> None:
+                self.metrics.batch_size.labels(*labels).observe(rows)
+                self.metrics.batch_padding.labels(*labels).inc(padded - rows)
+                self.metrics.engine_seconds.labels(*labels).observe(seconds)
+
+            batcher = Batcher(
+                lambda tensors: backend.run(signature, tensors), self.batching, self.executor, observe
+            )
+            self._batchers[key] = batcher
+        return batcher
+
+    # -- classify --------------------------------------------------------------------------------
+
+    async def classify(
+        self,
+        model: str,
+        examples: list[dict[str, np.ndarray]],
+        *,
+        version: int | None = None,
+        label: str | None = None,
+        signature: str = "",
+    ) -> tuple[Result, list[list[tuple[str, float]]]]:
+        """Classify tf.Examples through a predict signature that returns `probabilities`.
+
+        Each example's features are named like the signature's inputs; their values are stacked
+        into a batch. Returns (label, score) per class in label order, as TF Serving's Classify.
+        """
+        if not examples:
+            raise InvalidArgument("Classify needs at least one example")
+        resolved = self.repository.resolve(model, version, label)
+        sig = self.signature_of(resolved, signature)
+        if "probabilities" not in sig.outputs or not resolved.backend or not resolved.backend.labels:
+            raise FailedPrecondition(
+                f"signature '{sig.name}' of model '{model}' has no labelled 'probabilities' output to classify with"
+            )
+        names = set(examples[0])
+        if any(set(e) != names for e in examples):
+            raise InvalidArgument("all examples must have the same features")
+        inputs: dict[str, np.ndarray] = {}
+        for name in names:
+            meta = sig.inputs.get(name) or TensorMeta(STRING, (-1,))
+            values = [e[name] for e in examples]
+            per_row = math.prod(d for d in meta.shape[1:]) if all(d >= 0 for d in meta.shape[1:]) else None
+            if meta.dtype == STRING:
+                if any(v.size != 1 for v in values):
+                    raise InvalidArgument(f"feature '{name}' must hold exactly one bytes value per example")
+                stacked = np.empty(len(values), dtype=STRING)
+                stacked[:] = [v.reshape(-1)[0] for v in values]
+            else:
+                if per_row is None or any(v.size != per_row for v in values):
+                    raise InvalidArgument(
+                        f"feature '{name}' must hold {per_row} values per example (shape {_shape(meta.shape)})"
+                    )
+                stacked = np.stack([v.astype(meta.dtype).reshape(meta.shape[1:]) for v in values])
+            inputs[name] = stacked
+        result = await self.predict(model, inputs, version=resolved.version, signature=sig.name)
+        labels = resolved.backend.labels
+        probabilities = result.outputs["probabilities"]
+        classes = [[(labels[i], float(row[i])) for i in range(len(labels))] for row in probabilities]
+        return result, classes
+
+    # -- metadata and status ---------------------------------------------------------------------
+
+    def metadata(self, model: str, version: int | None = None, label: str | None = None) -> tuple[ModelVersion, dict[str, Signature]]:
+        resolved = self.repository.resolve(model, version, label)
+        return resolved, resolved.signatures()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(b.close() for b in self._batchers.values()))

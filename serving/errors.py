@@ -1,0 +1,65 @@
+"""One exception hierarchy for the server; each class carries its gRPC code and HTTP status.
+
+The gRPC interceptor and the REST error middleware are the only places that translate these into
+wire errors (`serving.protocol.grpc.server` and `serving.protocol.rest.app`). Anything else that
+escapes a handler becomes INTERNAL with a generic message and a logged traceback.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import grpc
+
+
+class ServingError(Exception):
+    """Base class: a request failed for a reason the caller should be told."""
+
+    grpc_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(ServingError):
+    """The request is malformed: wrong input name, dtype, shape, size, undecodable bytes..."""
+
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    http_status = 400
+
+
+class NotFound(ServingError):
+    """Unknown model, version, version label or signature."""
+
+    grpc_code = grpc.StatusCode.NOT_FOUND
+    http_status = 404
+
+
+class Unavailable(ServingError):
+    """The model exists but is not loaded yet (or is unloading)."""
+
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    http_status = 503
+
+
+class ResourceExhausted(ServingError):
+    """Overload: the batch queue is full or the message is too large."""
+
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 429
+
+
+class FailedPrecondition(ServingError):
+    """The request is well-formed but cannot run in the current state (e.g. Classify on a regressor)."""
+
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+    http_status = 400
+
+
+class Unimplemented(ServingError):
+    """The API exists in TF Serving but this server does not offer it for this model."""
+
+    grpc_code = grpc.StatusCode.UNIMPLEMENTED
+    http_status = 501

@@ -1,0 +1,192 @@
+"""`manifest.json`: what one exported model version holds and how to serve it without TensorFlow.
+
+Written by `export/` (which imports this module), read by the ONNX backend and the repository.
+Schema (version 1), all keys required unless marked optional:
+
+    {
+      "schema_version": 1,
+      "name": "digits", "version": 3, "created": "2026-11-27T05:00:00Z",
+      "task": "image_classification" | "text_classification",
+      "labels": ["0", ..., "9"],                      # class order of `probabilities`
+      "producer": {"tensorflow": "2.21.0", "keras": "3.15.1", "tf2onnx": "1.17.0", "opset": 17},
+      "signatures": {
+        "serving_default": {
+          "method": "tensorflow/serving/predict",
+          "inputs":  {"image": {"dtype": "float32", "shape": [-1, 28, 28, 1]}},
+          "outputs": {"probabilities": {"dtype": "float32", "shape": [-1, 10]}},
+          "onnx": {"file": "model.onnx",
+                   "inputs":  {"image": "image"},                  # tensor name -> ONNX input name
+                   "outputs": {"probabilities": "probabilities"}}, # signature output -> ONNX output
+          "preprocess": null | {                                   # optional, server-side, no TF
+              "kind": "image_bytes" | "text",
+              "input": "image_bytes",     # request tensor it consumes (used when present)
+              "output": "image",          # tensor it produces, then bound through onnx.inputs
+              "params": {...}             # image_bytes: height, width, channels, resize ("bilinear")
+          }                               # text: vocabulary (relative path), sequence_length, ...
+        },
+        ...
+      },
+      "metrics": {...},     # free-form: test accuracy, per-class accuracy, recipe...
+      "parity": {...},      # free-form: max_abs_diff, batch sizes, argmax_agreement, passed: true
+      "files": {"model.onnx": "<sha256>", "saved_model.pb": "<sha256>", ...}
+    }
+
+dtype names are numpy's (`float32`, `int64`, ...) plus `string` for DT_STRING tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+
+
+class ManifestError(ValueError):
+    """The manifest is missing, malformed, or does not match the files beside it."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    dtype: str  # numpy dtype name, or "string"
+    shape: tuple[int, ...]  # -1 where unknown; batch dimension first
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> TensorSpec:
+        return cls(dtype=str(raw["dtype"]), shape=tuple(int(d) for d in raw["shape"]))
+
+
+@dataclass(frozen=True)
+class OnnxBinding:
+    file: str
+    inputs: Mapping[str, str]
+    outputs: Mapping[str, str]
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> OnnxBinding:
+        return cls(file=str(raw["file"]), inputs=dict(raw["inputs"]), outputs=dict(raw["outputs"]))
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    kind: str
+    input: str
+    output: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Preprocess:
+        return cls(
+            kind=str(raw["kind"]),
+            input=str(raw["input"]),
+            output=str(raw["output"]),
+            params=dict(raw.get("params") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class SignatureManifest:
+    method: str
+    inputs: Mapping[str, TensorSpec]
+    outputs: Mapping[str, TensorSpec]
+    onnx: OnnxBinding
+    preprocess: Preprocess | None = None
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> SignatureManifest:
+        pre = raw.get("preprocess")
+        return cls(
+            method=str(raw.get("method", PREDICT_METHOD)),
+            inputs={k: TensorSpec.from_json(v) for k, v in raw["inputs"].items()},
+            outputs={k: TensorSpec.from_json(v) for k, v in raw["outputs"].items()},
+            onnx=OnnxBinding.from_json(raw["onnx"]),
+            preprocess=Preprocess.from_json(pre) if pre else None,
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: int
+    task: str
+    labels: tuple[str, ...]
+    signatures: Mapping[str, SignatureManifest]
+    producer: Mapping[str, Any] = field(default_factory=dict)
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    parity: Mapping[str, Any] = field(default_factory=dict)
+    files: Mapping[str, str] = field(default_factory=dict)
+    created: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Manifest:
+        try:
+            version = int(raw["schema_version"])
+            if version != SCHEMA_VERSION:
+                raise ManifestError(f"unsupported manifest schema_version {version}")
+            return cls(
+                name=str(raw["name"]),
+                version=int(raw["version"]),
+                task=str(raw["task"]),
+                labels=tuple(str(label) for label in raw["labels"]),
+                signatures={k: SignatureManifest.from_json(v) for k, v in raw["signatures"].items()},
+                producer=dict(raw.get("producer") or {}),
+                metrics=dict(raw.get("metrics") or {}),
+                parity=dict(raw.get("parity") or {}),
+                files=dict(raw.get("files") or {}),
+                created=str(raw.get("created", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, ManifestError):
+                raise
+            raise ManifestError(f"malformed manifest: {exc!r}") from exc
+
+    def to_json(self) -> dict[str, Any]:
+        raw = asdict(self)
+        raw["labels"] = list(self.labels)
+        return raw
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(version_dir: Path, verify_files: bool = True) -> Manifest:
+    """Read `version_dir/manifest.json`; with `verify_files`, check every listed sha256."""
+    path = version_dir / MANIFEST_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ManifestError(f"{path} does not exist") from exc
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
+    manifest = Manifest.from_json(raw)
+    if verify_files:
+        for rel, expected in manifest.files.items():
+            file = version_dir / rel
+            if not file.is_file():
+                raise ManifestError(f"{file} is listed in the manifest but missing")
+            actual = sha256_file(file)
+            if actual != expected:
+                raise ManifestError(f"{file}: sha256 {actual} does not match the manifest's {expected}")
+    return manifest
+
+
+def write_manifest(version_dir: Path, manifest: Manifest) -> Path:
+    """Write the manifest last, so a version folder without one is known to be incomplete."""
+    path = version_dir / MANIFEST_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return path

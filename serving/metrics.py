@@ -1,0 +1,91 @@
+"""Prometheus metrics, exposed as text on the REST port (path from the monitoring config).
+
+Names follow TF Serving's where one exists (`:tensorflow:serving:request_count`, latency in
+microseconds), so dashboards written for TF Serving keep working; the rest describe batching and
+model state. A registry per server instance, so tests can run several servers in one process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from serving.errors import ServingError
+
+# Microseconds, as TF Serving reports request latency: 100us .. 10s.
+_LATENCY_BUCKETS_US = (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1e6, 1e7)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.request_count = Counter(
+            ":tensorflow:serving:request_count",
+            "Requests by model, API, entrypoint and status",
+            ["model_name", "API", "entrypoint", "status"],
+            registry=self.registry,
+        )
+        self.request_latency = Histogram(
+            ":tensorflow:serving:request_latency",
+            "End-to-end request latency in microseconds (server side)",
+            ["model_name", "API", "entrypoint"],
+            buckets=_LATENCY_BUCKETS_US,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "model_server_batch_size",
+            "Rows per engine call (before padding)",
+            ["model_name", "signature"],
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_padding = Counter(
+            "model_server_batch_padding_rows_total",
+            "Rows added to reach an allowed batch size",
+            ["model_name", "signature"],
+            registry=self.registry,
+        )
+        self.engine_seconds = Histogram(
+            "model_server_engine_seconds",
+            "Time spent in one engine call",
+            ["model_name", "signature"],
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+            registry=self.registry,
+        )
+        self.queued_rows = Gauge(
+            "model_server_batch_queue_rows",
+            "Rows waiting in batch queues",
+            ["model_name"],
+            registry=self.registry,
+        )
+        self.model_state = Gauge(
+            "model_server_model_version_state",
+            "ModelVersionStatus state number (30 = AVAILABLE)",
+            ["model_name", "version"],
+            registry=self.registry,
+        )
+
+    @contextmanager
+    def track(self, model: str, api: str, entrypoint: str) -> Iterator[None]:
+        """Count one request and time it; the status label is the gRPC code name it ended with."""
+        started = time.perf_counter()
+        status = "OK"
+        try:
+            yield
+        except ServingError as exc:
+            status = exc.grpc_code.name
+            raise
+        except BaseException:
+            status = "INTERNAL"
+            raise
+        finally:
+            name = model or "<none>"
+            self.request_count.labels(name, api, entrypoint, status).inc()
+            self.request_latency.labels(name, api, entrypoint).observe((time.perf_counter() - started) * 1e6)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,111 @@
+"""The batcher on its own: grouping, splitting, padding, failures, overload. No RPC layer."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping
+
+import numpy as np
+import pytest
+
+from serving.batching import Batcher
+from serving.config import BatchingConfig
+from serving.errors import ResourceExhausted
+
+
+class Recorder:
+    """An engine that doubles its input and records the batch sizes it saw."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.sizes: list[int] = []
+        self.delay = delay
+        self.lock = threading.Lock()
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self.lock:
+            self.sizes.append(len(inputs["x"]))
+        if self.delay:
+            threading.Event().wait(self.delay)
+        return {"y": inputs["x"] * 2}
+
+
+def config(**overrides: int | tuple[int, ...]) -> BatchingConfig:
+    values = {"max_batch_size": 8, "batch_timeout_micros": 20_000, "max_enqueued_batches": 4, "num_batch_threads": 2}
+    values.update(overrides)  # type: ignore[arg-type]
+    return BatchingConfig(**values)  # type: ignore[arg-type]
+
+
+async def test_concurrent_requests_share_one_call_and_get_their_own_rows() -> None:
+    engine = Recorder()
+    batcher = Batcher(engine, config())
+    requests = [np.full((n, 3), i, np.float32) for i, n in enumerate([1, 2, 3])]
+    results = await asyncio.gather(*(batcher.submit({"x": r}) for r in requests))
+    assert engine.sizes == [6]
+    for request, result in zip(requests, results, strict=True):
+        np.testing.assert_array_equal(result["y"], request * 2)
+
+
+async def test_full_batch_runs_without_waiting_for_the_timeout() -> None:
+    engine = Recorder()
+    batcher = Batcher(engine, config(batch_timeout_micros=10_000_000))
+    results = await asyncio.wait_for(
+        asyncio.gather(*(batcher.submit({"x": np.ones((4, 1), np.float32)}) for _ in range(2))), timeout=2
+    )
+    assert engine.sizes == [8] and len(results) == 2
+
+
+async def test_requests_split_at_max_batch_size_and_oversized_run_alone() -> None:
+    engine = Recorder()
+    batcher = Batcher(engine, config(max_batch_size=4))
+    sizes = [3, 3, 9]
+    await asyncio.gather(*(batcher.submit({"x": np.ones((n, 1), np.float32)}) for n in sizes))
+    assert sorted(engine.sizes) == [3, 3, 9]
+
+
+async def test_different_shapes_never_share_a_batch() -> None:
+    engine = Recorder()
+    batcher = Batcher(engine, config())
+    a, b = np.ones((1, 3), np.float32), np.ones((1, 5), np.float32)
+    ra, rb = await asyncio.gather(batcher.submit({"x": a}), batcher.submit({"x": b}))
+    assert sorted(engine.sizes) == [1, 1]
+    assert ra["y"].shape == (1, 3) and rb["y"].shape == (1, 5)
+
+
+async def test_padding_to_allowed_batch_sizes() -> None:
+    engine = Recorder()
+    seen: list[tuple[int, int]] = []
+    batcher = Batcher(engine, config(allowed_batch_sizes=(4, 8)), observe=lambda r, p, s: seen.append((r, p)))
+    results = await asyncio.gather(*(batcher.submit({"x": np.full((1, 2), i, np.float32)}) for i in range(3)))
+    assert engine.sizes == [4] and seen == [(3, 4)]
+    assert [float(r["y"][0, 0]) for r in results] == [0.0, 2.0, 4.0]
+
+
+async def test_a_failed_batch_fails_every_caller_with_the_cause() -> None:
+    def broken(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise ValueError("engine exploded")
+
+    batcher = Batcher(broken, config())
+    results = await asyncio.gather(
+        *(batcher.submit({"x": np.ones((1, 1), np.float32)}) for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(r, ValueError) and "engine exploded" in str(r) for r in results)
+    assert batcher.queued_rows == 0
+
+
+async def test_wrong_row_count_from_engine_is_an_error() -> None:
+    batcher = Batcher(lambda inputs: {"y": np.zeros((1, 1))}, config())
+    with pytest.raises(RuntimeError, match="returned 1 rows"):
+        await asyncio.gather(*(batcher.submit({"x": np.ones((1, 1), np.float32)}) for _ in range(2)))
+
+
+async def test_full_queue_is_resource_exhausted_and_recovers() -> None:
+    engine = Recorder(delay=0.2)
+    batcher = Batcher(engine, config(max_batch_size=2, max_enqueued_batches=1, num_batch_threads=1, batch_timeout_micros=0))
+    first = asyncio.ensure_future(batcher.submit({"x": np.ones((2, 1), np.float32)}))
+    await asyncio.sleep(0.05)
+    with pytest.raises(ResourceExhausted, match="queue is full"):
+        await batcher.submit({"x": np.ones((1, 1), np.float32)})
+    await first
+    result = await batcher.submit({"x": np.ones((1, 1), np.float32)})
+    assert result["y"].shape == (1, 1)

@@ -1,0 +1,125 @@
+"""Codec: TensorProto <-> numpy round trips for every dtype, TF's padding rule, and size limits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serving import codec
+from serving.errors import InvalidArgument
+from serving.proto import tensor_pb2
+
+NUMERIC = [
+    np.float32, np.float64, np.float16, np.int8, np.int16, np.int32, np.int64,
+    np.uint8, np.uint16, np.uint32, np.uint64, np.bool_, np.complex64, np.complex128,
+]
+
+
+@pytest.mark.parametrize("dtype", NUMERIC)
+def test_round_trip_through_tensor_content(dtype: type) -> None:
+    rng = np.random.default_rng(0)
+    array = (rng.normal(size=(3, 4, 2)) * 50).astype(dtype)
+    proto = codec.from_numpy(array)
+    assert proto.tensor_content  # the fast path, never per-element fields
+    back = codec.to_numpy(tensor_pb2.TensorProto.FromString(proto.SerializeToString()))
+    assert back.dtype == array.dtype and back.shape == array.shape
+    np.testing.assert_array_equal(back, array)
+
+
+def test_round_trip_strings_and_unicode() -> None:
+    array = np.array([[b"a", b"\xff\x00binary"], ["caf\u00e9".encode(), b""]], dtype=object)
+    proto = codec.from_numpy(array)
+    assert proto.dtype == tensor_pb2.DT_STRING and list(proto.string_val)[1] == b"\xff\x00binary"
+    back = codec.to_numpy(proto)
+    assert back.shape == (2, 2) and back.tolist() == array.tolist()
+    # numpy str arrays are encoded as UTF-8
+    assert codec.to_numpy(codec.from_numpy(np.array(["caf\u00e9"]))).tolist() == ["caf\u00e9".encode()]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "field", "values", "expected"),
+    [
+        (tensor_pb2.DT_FLOAT, "float_val", [1.5, 2.5, 3.5, 4.5], np.array([[1.5, 2.5], [3.5, 4.5]], np.float32)),
+        (tensor_pb2.DT_INT32, "int_val", [7], np.full((2, 2), 7, np.int32)),  # short list: last value repeats
+        (tensor_pb2.DT_INT64, "int64_val", [], np.zeros((2, 2), np.int64)),  # empty: zeros
+        (tensor_pb2.DT_UINT8, "int_val", [1, 255], np.array([[1, 255], [255, 255]], np.uint8)),
+        (tensor_pb2.DT_BOOL, "bool_val", [True, False, True, False], np.array([[1, 0], [1, 0]], bool)),
+        (tensor_pb2.DT_DOUBLE, "double_val", [0.25] * 4, np.full((2, 2), 0.25)),
+    ],
+)
+def test_typed_value_fields_follow_tensorflow(dtype: int, field: str, values: list, expected: np.ndarray) -> None:
+    proto = tensor_pb2.TensorProto(dtype=dtype)  # type: ignore[arg-type]
+    proto.tensor_shape.dim.add(size=2)
+    proto.tensor_shape.dim.add(size=2)
+    getattr(proto, field).extend(values)
+    np.testing.assert_array_equal(codec.to_numpy(proto), expected)
+    assert codec.to_numpy(proto).dtype == expected.dtype
+
+
+def test_half_values_are_bit_patterns() -> None:
+    proto = tensor_pb2.TensorProto(dtype=tensor_pb2.DT_HALF)
+    proto.tensor_shape.dim.add(size=2)
+    proto.half_val.extend(np.array([1.0, -2.5], np.float16).view(np.uint16).tolist())
+    np.testing.assert_array_equal(codec.to_numpy(proto), np.array([1.0, -2.5], np.float16))
+
+
+def _proto(shape: list[int], dtype: int = tensor_pb2.DT_FLOAT) -> tensor_pb2.TensorProto:
+    proto = tensor_pb2.TensorProto(dtype=dtype)  # type: ignore[arg-type]
+    for size in shape:
+        proto.tensor_shape.dim.add(size=size)
+    return proto
+
+
+def test_oversized_shape_is_refused_before_allocation() -> None:
+    proto = _proto([1_000_000, 1_000_000])
+    proto.float_val.append(1.0)
+    with pytest.raises(InvalidArgument, match="over the"):
+        codec.to_numpy(proto, "image", max_bytes=1 << 20)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda p: setattr(p, "tensor_content", b"\x00" * 7), "tensor_content has 7 bytes"),
+        (lambda p: p.float_val.extend([1.0] * 5), "5 values for shape"),
+        (lambda p: p.tensor_shape.dim.add(size=-3), "negative dimension"),
+        (lambda p: setattr(p.tensor_shape, "unknown_rank", True), "unknown rank"),
+        (lambda p: setattr(p, "dtype", tensor_pb2.DT_RESOURCE), "unsupported tensor dtype DT_RESOURCE"),
+        (lambda p: setattr(p, "dtype", tensor_pb2.DT_BFLOAT16), "unsupported tensor dtype DT_BFLOAT16"),
+    ],
+)
+def test_malformed_tensors_are_invalid_argument(mutate, message: str) -> None:  # type: ignore[no-untyped-def]
+    proto = _proto([2, 2])
+    mutate(proto)
+    with pytest.raises(InvalidArgument, match=message):
+        codec.to_numpy(proto, "x")
+
+
+def test_string_tensor_cannot_use_tensor_content() -> None:
+    proto = _proto([1], tensor_pb2.DT_STRING)
+    proto.tensor_content = b"abc"
+    with pytest.raises(InvalidArgument, match="cannot use tensor_content"):
+        codec.to_numpy(proto)
+
+
+def test_json_values_and_b64() -> None:
+    floats = codec.json_to_numpy([[1, 2], [3, 4]], np.dtype(np.float32), "x")
+    assert floats.dtype == np.float32 and floats.shape == (2, 2)
+    strings = codec.json_to_numpy([{"b64": "/wA="}, "text"], codec.STRING, "s")
+    assert strings.tolist() == [b"\xff\x00", b"text"]
+    assert codec.numpy_to_json(strings, binary=True) == [{"b64": "/wA="}, {"b64": "dGV4dA=="}]
+    assert codec.numpy_to_json(np.array([b"ok"], dtype=object)) == ["ok"]
+    for bad, match in [
+        ([[1, 2], [3]], "cannot read"),
+        (["a", "b"], "cannot read"),
+    ]:
+        with pytest.raises(InvalidArgument, match=match):
+            codec.json_to_numpy(bad, np.dtype(np.float32), "x")
+    for bad, match in [
+        ([{"b64": "***"}], "invalid base64"),
+        ([{"b64": "AA==", "x": 1}], "must be"),
+        ([1], "expected strings"),
+        ([["a"], []], "ragged"),
+    ]:
+        with pytest.raises(InvalidArgument, match=match):
+            codec.json_to_numpy(bad, codec.STRING, "s")

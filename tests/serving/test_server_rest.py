@@ -1,0 +1,163 @@
+"""TF Serving's REST API on the real server process, with a plain HTTP client (urllib)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.serving.fixtures import ServerProcess, reference_probabilities, start_server, write_config, write_tiny_version
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("models") / "tiny"
+    write_tiny_version(base, 3, seed=3)
+    return base
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    folder = tmp_path_factory.mktemp("config")
+    config = write_config(folder / "models.config", {"tiny": repo}, extra="    version_labels { key: 'stable' value: 3 }\n")
+    (folder / "batching.config").write_text("max_batch_size { value: 32 } batch_timeout_micros { value: 5000 } num_batch_threads { value: 2 }")
+    (folder / "monitoring.config").write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }')
+    process = start_server(
+        [
+            "--model_config_file", str(config),
+            "--enable_batching",
+            "--batching_parameters_file", str(folder / "batching.config"),
+            "--monitoring_config_file", str(folder / "monitoring.config"),
+        ],
+        folder / "server.log",
+    )
+    yield process
+    assert process.stop() == 0, process.log()
+    assert "internal error" not in process.log()
+
+
+def call(server: ServerProcess, path: str, body: Any = None, method: str | None = None, raw: bytes | None = None) -> tuple[int, Any]:
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(server.rest_url + path, data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            text = response.read()
+            status = response.status
+    except urllib.error.HTTPError as error:
+        text, status = error.read(), error.code
+    try:
+        return status, json.loads(text)
+    except json.JSONDecodeError:
+        return status, text.decode()
+
+
+def pixels(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, 28, 28, 1)).astype(np.float32)
+
+
+def test_status_and_metadata(server: ServerProcess) -> None:
+    status, body = call(server, "/v1/models/tiny")
+    assert status == 200
+    assert body == {"model_version_status": [{"version": "3", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+    assert call(server, "/v1/models/tiny/versions/3")[1] == body
+    assert call(server, "/v1/models/tiny/labels/stable")[1] == body
+    status, body = call(server, "/v1/models/tiny/metadata")
+    assert status == 200 and body["model_spec"]["version"] == "3"
+    signature = body["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert signature["inputs"]["image"]["dtype"] == "DT_FLOAT"
+    assert [d["size"] for d in signature["inputs"]["image"]["tensor_shape"]["dim"]] == ["-1", "28", "28", "1"]
+
+
+def test_predict_row_and_columnar_formats(server: ServerProcess, repo: Path) -> None:
+    batch = pixels(3)
+    expected = reference_probabilities(repo / "3", batch)
+    status, body = call(server, "/v1/models/tiny:predict", {"instances": batch.tolist()})
+    assert status == 200
+    np.testing.assert_allclose(body["predictions"], expected, atol=1e-5)
+    status, body = call(server, "/v1/models/tiny/versions/3:predict", {"inputs": {"image": batch.tolist()}})
+    assert status == 200
+    np.testing.assert_allclose(body["outputs"], expected, atol=1e-5)
+    status, body = call(server, "/v1/models/tiny/labels/stable:predict", {"instances": [{"image": row} for row in batch.tolist()]})
+    assert status == 200
+    np.testing.assert_allclose(body["predictions"], expected, atol=1e-5)
+
+
+def test_concurrent_requests_are_batched(server: ServerProcess, repo: Path) -> None:
+    batches = [pixels(1, seed=i) for i in range(24)]
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(lambda b: call(server, "/v1/models/tiny:predict", {"instances": b.tolist()}), batches))
+    for batch, (status, body) in zip(batches, results, strict=True):
+        assert status == 200
+        np.testing.assert_allclose(body["predictions"], reference_probabilities(repo / "3", batch), atol=1e-5)
+    _, metrics = call(server, "/monitoring/prometheus/metrics")
+    sums = [line for line in metrics.splitlines() if line.startswith("model_server_batch_size_sum")]
+    counts = [line for line in metrics.splitlines() if line.startswith("model_server_batch_size_count")]
+    rows, calls = float(sums[0].split()[-1]), float(counts[0].split()[-1])
+    assert rows >= 24 and calls < rows, f"{calls} engine calls for {rows} rows: nothing was batched"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "fragment"),
+    [
+        ("/v1/models/ghost:predict", {"instances": [1]}, 404, "ghost"),
+        ("/v1/models/tiny/versions/7:predict", {"instances": [1]}, 404, "version 7"),
+        ("/v1/models/tiny/versions/x:predict", {"instances": [1]}, 400, "positive integer"),
+        ("/v1/models/tiny/labels/canary", None, 404, "canary"),
+        ("/v1/models/tiny:predict", {"instances": [[1, 2]]}, 400, "rank 4"),
+        ("/v1/models/tiny:predict", {"instances": [[[[1]] * 28] * 28, [[[1]] * 28]]}, 400, "cannot read"),
+        ("/v1/models/tiny:predict", {"signature_name": "nope", "instances": [1]}, 404, "no signature 'nope'"),
+        ("/v1/models/tiny:predict", {"instances": []}, 400, "non-empty"),
+        ("/v1/models/tiny:predict", {"inputs": {"pixels": [1]}}, 400, "unknown input"),
+        ("/v1/models/tiny:predict", {"instances": [1], "inputs": [1]}, 400, "exactly one"),
+        ("/v1/models/tiny:predict", {"instances": [[[["NaN"]] * 28] * 28]}, 400, "NaN"),
+        ("/v1/models/tiny:predict", {"instances": [[[["x"]] * 28] * 28]}, 400, "cannot read"),
+        ("/v1/models/tiny:predict", [1, 2], 400, "JSON object"),
+        ("/v1/models/tiny:regress", {"examples": []}, 501, "regress"),
+        ("/v1/models/tiny:predict", None, 405, "POST"),
+        ("/v1/elsewhere", None, 404, "Not Found"),
+    ],
+)
+def test_errors_have_the_contract_status(server: ServerProcess, path: str, body: Any, status: int, fragment: str) -> None:
+    method = "POST" if body is not None else "GET"
+    got, answer = call(server, path, body, method=method)
+    assert got == status, answer
+    assert fragment in answer["error"]
+    assert call(server, "/v1/models/tiny:predict", {"instances": pixels(1).tolist()})[0] == 200
+
+
+def test_invalid_json_is_400(server: ServerProcess) -> None:
+    status, body = call(server, "/v1/models/tiny:predict", raw=b"{not json", method="POST")
+    assert status == 400 and "not valid JSON" in body["error"]
+
+
+def test_classify_and_b64_input_errors(server: ServerProcess, repo: Path) -> None:
+    batch = pixels(2, seed=9)
+    status, body = call(server, "/v1/models/tiny:classify", {"examples": [{"image": row.reshape(-1).tolist()} for row in batch]})
+    assert status == 200
+    expected = reference_probabilities(repo / "3", batch)
+    for row, result in zip(expected, body["results"], strict=True):
+        assert [label for label, _ in result] == [str(i) for i in range(10)]
+        np.testing.assert_allclose([score for _, score in result], row, atol=1e-5)
+    b64 = {"b64": base64.b64encode(b"\x00").decode()}
+    status, body = call(server, "/v1/models/tiny:predict", {"instances": [b64]})
+    assert status == 400
+
+
+def test_prometheus_metrics(server: ServerProcess) -> None:
+    call(server, "/v1/models/tiny:predict", {"instances": pixels(1).tolist()})
+    call(server, "/v1/models/ghost:predict", {"instances": [1]})
+    status, text = call(server, "/monitoring/prometheus/metrics")
+    assert status == 200
+    assert ':tensorflow:serving:request_count_total{API="predict",entrypoint="REST",model_name="tiny",status="OK"}' in text
+    assert 'status="NOT_FOUND"' in text
+    assert 'model_server_model_version_state{model_name="tiny",version="3"} 30.0' in text
