@@ -29,6 +29,10 @@ from serving.repository import ModelVersion, Repository
 
 log = logging.getLogger(__name__)
 
+# Health service name for liveness probes: SERVING from start to shutdown, whatever the models do,
+# so an empty or half-published model repository makes pods unready, never restarts them.
+LIVENESS_SERVICE = "liveness"
+
 
 @dataclass
 class RunningServer:
@@ -43,12 +47,14 @@ class RunningServer:
     poller: asyncio.Task[None] | None = None
 
     async def set_serving(self, serving: bool) -> None:
+        """Readiness: "" and the TF Serving services are SERVING only while every model is available."""
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in ("", *SERVICE_NAMES[:2]):
             await self.health.set(service, status)
 
     async def stop(self, drain_seconds: float) -> None:
         await self.set_serving(False)
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.poller is not None:
             self.poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -100,6 +106,7 @@ async def start(config: ServerConfig) -> RunningServer:
 
     running = RunningServer(grpc_server, grpc_port, runner, rest_port, health_servicer, repository, dataplane, executor)
     await running.set_serving(False)
+    await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     await repository.sync()
     if repository.all_available():
         await running.set_serving(True)

@@ -278,11 +278,18 @@ def test_server_declares_the_api_ports(target: str) -> None:
 
 @pytest.mark.parametrize("target", OUR_SERVER_TARGETS)
 def test_server_probes_use_grpc_health(target: str) -> None:
-    """Start-up, readiness and liveness all ask grpc.health.v1 on the gRPC port."""
+    """Start-up, readiness and liveness all ask grpc.health.v1 on the gRPC port.
+
+    Readiness asks '' (SERVING once every model is loaded); start-up and liveness ask 'liveness'
+    (SERVING while the process runs), so an empty models volume makes pods unready, not restarted.
+    """
+    from serving.server import LIVENESS_SERVICE
+
     server = container(server_deployment(render(target))["spec"]["template"]["spec"], "server")
-    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+    wanted = {"startupProbe": LIVENESS_SERVICE, "readinessProbe": "", "livenessProbe": LIVENESS_SERVICE}
+    for kind, service in wanted.items():
         assert server[kind]["grpc"]["port"] == 8500, kind
-        assert server[kind]["grpc"].get("service", "") == "", f"{kind}: the server reports its state under ''"
+        assert server[kind]["grpc"].get("service", "") == service, kind
     # Loading and warming may take minutes: the start-up probe allows for it, liveness does not wait.
     startup = server["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 300

@@ -264,8 +264,11 @@ def test_broken_version_is_reported_and_health_stays_not_serving(tmp_path: Path)
                 time.sleep(0.1)
             assert statuses and statuses[0].state == apis_pb2.ModelVersionStatus.END
             assert "sha256" in statuses[0].status.error_message
-            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-            assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            health = health_pb2_grpc.HealthStub(channel)
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            # ...while the process itself is alive: liveness probes must not restart it.
+            liveness = health.Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=5)
+            assert liveness.status == health_pb2.HealthCheckResponse.SERVING
             code, details = _code(
                 lambda: apis_pb2_grpc.PredictionServiceStub(channel).Predict(predict_request({"image": images(1)}), timeout=5)
             )
