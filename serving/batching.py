@@ -3,7 +3,8 @@
 A standalone asyncio class with no RPC knowledge. Each caller awaits its own future; requests are
 grouped while the first one waits at most `batch_timeout_micros` (or until `max_batch_size` rows
 are queued), concatenated along the batch axis, run once in a worker thread, and split back by row
-count. A failed batch fails every caller in it with the cause; a result whose row count does not
+count (batches are cut only when an engine slot is free, see `_dispatch`). A failed batch fails
+every caller in it with the cause; a result whose row count does not
 match the batch is an error, never a silent mix-up. Only requests whose tensors agree on everything
 but the batch dimension share a batch. With `allowed_batch_sizes`, a batch is padded up to the next
 allowed size (repeating its last row) so the engine sees only a few shapes.
@@ -61,7 +62,7 @@ class Batcher:
         self._observe = observe
         self._queues: dict[tuple[object, ...], list[_Pending]] = {}
         self._timers: dict[tuple[object, ...], asyncio.TimerHandle] = {}
-        self._running = asyncio.Semaphore(config.num_batch_threads)
+        self._free_slots = config.num_batch_threads
         self._tasks: set[asyncio.Task[None]] = set()
         self.queued_rows = 0
 
@@ -76,35 +77,50 @@ class Batcher:
             raise ResourceExhausted(
                 f"batch queue is full ({self.queued_rows} rows waiting, limit {self._max_queued_rows}); retry later"
             )
-        loop = asyncio.get_running_loop()
-        pending = _Pending(inputs, rows, loop.create_future())
+        pending = _Pending(inputs, rows, asyncio.get_running_loop().create_future())
         key = batch_key(inputs)
-        queue = self._queues.setdefault(key, [])
-        queue.append(pending)
+        self._queues.setdefault(key, []).append(pending)
         self.queued_rows += rows
-        if sum(p.rows for p in queue) >= self.config.max_batch_size:
-            self._flush(key)
-        elif key not in self._timers:
-            delay = self.config.batch_timeout_micros / 1e6
-            self._timers[key] = loop.call_later(delay, self._flush, key)
+        self._dispatch(key)
         return await pending.future
 
-    def _flush(self, key: tuple[object, ...]) -> None:
-        timer = self._timers.pop(key, None)
-        if timer is not None:
-            timer.cancel()
-        queue = self._queues.pop(key, [])
-        while queue:
+    def _dispatch(self, key: tuple[object, ...]) -> None:
+        """Start batches for `key` while an engine slot is free and a batch is due.
+
+        A batch is due when it is full or its oldest request has waited `batch_timeout_micros`.
+        Batches are cut only when a slot is free, so while the engine is busy the queue keeps
+        growing into larger batches instead of closed batches waiting in line (Triton's dynamic
+        batcher behaves this way; with a zero timeout it never delays a request on an idle engine).
+        """
+        queue = self._queues.get(key)
+        loop = asyncio.get_running_loop()
+        while queue and self._free_slots > 0:
+            timeout = self.config.batch_timeout_micros / 1e6
+            waited = time.perf_counter() - queue[0].enqueued
+            if sum(p.rows for p in queue) < self.config.max_batch_size and waited < timeout:
+                if key not in self._timers:
+                    self._timers[key] = loop.call_later(timeout - waited, self._on_timer, key)
+                return
             # Take whole requests up to max_batch_size rows; a single request larger than the
             # limit runs on its own rather than being refused.
-            batch, rows = [queue.pop(0)], 0
+            batch = [queue.pop(0)]
             rows = batch[0].rows
             while queue and rows + queue[0].rows <= self.config.max_batch_size:
                 rows += queue[0].rows
                 batch.append(queue.pop(0))
-            task = asyncio.get_running_loop().create_task(self._execute(batch, rows))
+            self._free_slots -= 1
+            task = loop.create_task(self._execute(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        if not queue:
+            self._queues.pop(key, None)
+            timer = self._timers.pop(key, None)
+            if timer is not None:
+                timer.cancel()
+
+    def _on_timer(self, key: tuple[object, ...]) -> None:
+        self._timers.pop(key, None)
+        self._dispatch(key)
 
     def _padded(self, rows: int) -> int:
         for size in self.config.allowed_batch_sizes:
@@ -112,19 +128,18 @@ class Batcher:
                 return size
         return rows
 
-    async def _execute(self, batch: list[_Pending], rows: int) -> None:
+    async def _execute(self, batch: list[_Pending]) -> None:
         try:
-            async with self._running:
-                live = [p for p in batch if not p.future.cancelled()]
-                if not live:
-                    return
-                rows = sum(p.rows for p in live)
-                padded = self._padded(rows)
-                started = time.perf_counter()
-                loop = asyncio.get_running_loop()
-                outputs = await loop.run_in_executor(self._executor, self._concat_and_run, live, padded)
-                if self._observe is not None:
-                    self._observe(rows, padded, time.perf_counter() - started)
+            live = [p for p in batch if not p.future.cancelled()]
+            if not live:
+                return
+            rows = sum(p.rows for p in live)
+            padded = self._padded(rows)
+            started = time.perf_counter()
+            loop = asyncio.get_running_loop()
+            outputs = await loop.run_in_executor(self._executor, self._concat_and_run, live, padded)
+            if self._observe is not None:
+                self._observe(rows, padded, time.perf_counter() - started)
             offset = 0
             for pending in live:
                 part = {name: value[offset : offset + pending.rows] for name, value in outputs.items()}
@@ -139,6 +154,9 @@ class Batcher:
                 raise
         finally:
             self.queued_rows -= sum(p.rows for p in batch)
+            self._free_slots += 1
+            for key in list(self._queues):
+                self._dispatch(key)
 
     def _concat_and_run(self, batch: list[_Pending], padded: int) -> dict[str, np.ndarray]:
         names = list(batch[0].inputs)
@@ -162,7 +180,14 @@ class Batcher:
         return outputs
 
     async def close(self) -> None:
-        for key in list(self._queues):
-            self._flush(key)
+        """Wait for running batches; fail what is still queued (the server is shutting down)."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for queue in self._queues.values():
+            for pending in queue:
+                if not pending.future.done():
+                    pending.future.set_exception(ResourceExhausted("the server is shutting down"))
+        self._queues.clear()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -109,3 +109,29 @@ async def test_full_queue_is_resource_exhausted_and_recovers() -> None:
     await first
     result = await batcher.submit({"x": np.ones((1, 1), np.float32)})
     assert result["y"].shape == (1, 1)
+
+
+async def test_requests_arriving_while_the_engine_is_busy_form_one_batch() -> None:
+    # Zero timeout: an idle engine takes a request at once; while it is busy the queue grows into
+    # one larger batch instead of a line of single-request batches.
+    engine = Recorder(delay=0.2)
+    batcher = Batcher(engine, config(num_batch_threads=1, batch_timeout_micros=0))
+    first = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1), np.float32)}))
+    await asyncio.sleep(0.05)
+    rest = [batcher.submit({"x": np.full((1, 1), i, np.float32)}) for i in range(5)]
+    results = await asyncio.gather(first, *rest)
+    assert engine.sizes == [1, 5]
+    assert [float(r["y"][0, 0]) for r in results[1:]] == [0.0, 2.0, 4.0, 6.0, 8.0]
+
+
+async def test_close_fails_queued_requests() -> None:
+    engine = Recorder(delay=0.2)
+    batcher = Batcher(engine, config(num_batch_threads=1, batch_timeout_micros=0))
+    running = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1), np.float32)}))
+    await asyncio.sleep(0.05)
+    queued = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1), np.float32)}))
+    await asyncio.sleep(0)
+    await batcher.close()
+    assert (await running)["y"].shape == (1, 1)
+    with pytest.raises(ResourceExhausted, match="shutting down"):
+        await queued

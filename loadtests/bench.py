@@ -1,0 +1,246 @@
+"""`make bench`: what one request costs, from the engine alone to the full gRPC/REST round trip.
+
+Measures, on the published digits model (or any model with an `image` float input):
+
+1. the engine alone (ONNX Runtime `run`, in this process) at batch 1 and 64: the floor;
+2. a real server process on 127.0.0.1, called over gRPC (and REST) by client processes, one closed
+   loop per concurrent caller, with and without `--enable_batching`: latency p50/p99 and req/s.
+
+Every run is bounded by `--seconds` per point and `--max-requests`; traffic goes to 127.0.0.1 only.
+The client processes share the machine with the server, so on a small machine the req/s figures
+are a lower bound; the README states the machine each table came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from serving import codec
+from serving.manifest import read_manifest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Point:
+    transport: str
+    batching: bool
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+def newest_version(base: Path) -> Path:
+    versions = sorted(int(p.name) for p in base.iterdir() if p.name.isdigit())
+    if not versions:
+        raise SystemExit(f"no published version under {base}: run `make up` (or python -m export) first")
+    return base / str(versions[-1])
+
+
+def engine_floor(version_dir: Path, images: np.ndarray, repeats: int) -> dict[int, float]:
+    """Median ms per ONNX Runtime call, one intra-op thread, at batch 1 and 64."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(version_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    result = {}
+    for batch in (1, 64):
+        feed = {name: images[:batch]}
+        for _ in range(20):
+            session.run(None, feed)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            session.run(None, feed)
+            times.append(time.perf_counter() - started)
+        result[batch] = statistics.median(times) * 1e3
+    return result
+
+
+def _grpc_worker(target: str, model: str, images: np.ndarray, callers: int, seconds: float, budget: int, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    import grpc
+
+    from serving.proto import apis_pb2, apis_pb2_grpc
+
+    async def run() -> tuple[list[float], int]:
+        requests = []
+        for image in images:
+            request = apis_pb2.PredictRequest()
+            request.model_spec.name = model
+            request.inputs["image"].CopyFrom(codec.from_numpy(image[None]))
+            requests.append(request)
+        latencies: list[float] = []
+        errors = 0
+        deadline = time.perf_counter() + seconds
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = apis_pb2_grpc.PredictionServiceStub(channel)
+
+            async def caller(offset: int) -> None:
+                nonlocal errors
+                index = offset
+                while time.perf_counter() < deadline and len(latencies) + errors < budget:
+                    started = time.perf_counter()
+                    try:
+                        await stub.Predict(requests[index % len(requests)], timeout=10)
+                        latencies.append(time.perf_counter() - started)
+                    except grpc.aio.AioRpcError:
+                        errors += 1
+                    index += callers
+
+            await asyncio.gather(*(caller(i) for i in range(callers)))
+        return latencies, errors
+
+    queue.put(asyncio.run(run()))
+
+
+def _rest_worker(url: str, model: str, images: np.ndarray, callers: int, seconds: float, budget: int, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    import aiohttp
+
+    async def run() -> tuple[list[float], int]:
+        bodies = [json.dumps({"instances": image[None].tolist()}) for image in images]
+        latencies: list[float] = []
+        errors = 0
+        deadline = time.perf_counter() + seconds
+        async with aiohttp.ClientSession() as session:
+
+            async def caller(offset: int) -> None:
+                nonlocal errors
+                index = offset
+                while time.perf_counter() < deadline and len(latencies) + errors < budget:
+                    started = time.perf_counter()
+                    async with session.post(f"{url}/v1/models/{model}:predict", data=bodies[index % len(bodies)]) as response:
+                        await response.read()
+                        if response.status == 200:
+                            latencies.append(time.perf_counter() - started)
+                        else:
+                            errors += 1
+                    index += callers
+
+            await asyncio.gather(*(caller(i) for i in range(callers)))
+        return latencies, errors
+
+    queue.put(asyncio.run(run()))
+
+
+def measure(transport: str, address: str, model: str, images: np.ndarray, concurrency: int, processes: int, seconds: float, budget: int, batching: bool) -> Point:
+    """Closed-loop load: `concurrency` callers spread over client processes, for `seconds`."""
+    worker = _grpc_worker if transport == "grpc" else _rest_worker
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    processes = max(1, min(processes, concurrency))
+    shares = [concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)]
+    started = time.perf_counter()
+    workers = [
+        context.Process(target=worker, args=(address, model, images, share, seconds, budget // processes, queue))
+        for share in shares
+    ]
+    for process in workers:
+        process.start()
+    results = [queue.get(timeout=seconds + 120) for _ in workers]
+    for process in workers:
+        process.join()
+    elapsed = time.perf_counter() - started
+    latencies = sorted(latency for part, _ in results for latency in part)
+    errors = sum(e for _, e in results)
+    measured = min(elapsed, seconds) if latencies else elapsed
+    p50 = latencies[len(latencies) // 2] * 1e3 if latencies else float("nan")
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3 if latencies else float("nan")
+    return Point(transport, batching, concurrency, len(latencies), errors, measured, p50, p99)
+
+
+def run_server(model: str, base: Path, batching: bool, threads: int, log: Path) -> tuple[object, str, str]:
+    from tests.serving.fixtures import start_server  # the same launcher the tests use
+
+    args = ["--model_name", model, "--model_base_path", str(base), "--file_system_poll_wait_seconds", "0"]
+    if threads:
+        args += ["--tensorflow_intra_op_parallelism", str(threads)]
+    if batching:
+        config = log.with_suffix(".batching")
+        config.write_text("max_batch_size { value: 64 } batch_timeout_micros { value: 1000 } num_batch_threads { value: 2 } max_enqueued_batches { value: 1000 }")
+        args += ["--enable_batching", "--batching_parameters_file", str(config)]
+    server = start_server(args, log)
+    return server, server.grpc_target, server.rest_url
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models-dir", type=Path, default=Path("models"))
+    parser.add_argument("--model", default="digits")
+    parser.add_argument("--concurrency", default="1,8,32", help="comma-separated concurrent callers")
+    parser.add_argument("--client-processes", type=int, default=2, help="client processes generating load")
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each point")
+    parser.add_argument("--max-requests", type=int, default=200_000, help="cap per point")
+    parser.add_argument("--transports", default="grpc,rest")
+    parser.add_argument("--threads", type=int, default=0, help="server's intra-op threads (0: ORT default)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    args = parser.parse_args(argv)
+
+    base = args.models_dir / args.model
+    version_dir = newest_version(base)
+    manifest = read_manifest(version_dir, verify_files=False)
+    spec = manifest.signatures["serving_default"].inputs["image"]
+    shape = tuple(d for d in spec.shape[1:])
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(256, *shape)).astype(np.float32)
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"model: {args.model} version {version_dir.name} ({version_dir})")
+    floor = engine_floor(version_dir, images, repeats=200)
+    print(f"engine alone (ONNX Runtime, 1 thread): batch 1 {floor[1]:.3f} ms, batch 64 {floor[64]:.3f} ms ({floor[64] / 64:.4f} ms/row)")
+
+    points: list[Point] = []
+    concurrency = [int(c) for c in args.concurrency.split(",")]
+    with tempfile.TemporaryDirectory() as folder:
+        for batching in (False, True):
+            server, grpc_target, rest_url = run_server(args.model, base.resolve(), batching, args.threads, Path(folder) / f"server-{batching}.log")
+            try:
+                urllib.request.urlopen(f"{rest_url}/v1/models/{args.model}", timeout=10).read()
+                for transport in args.transports.split(","):
+                    address = grpc_target if transport == "grpc" else rest_url
+                    for callers in concurrency:
+                        point = measure(transport, address, args.model, images, callers, args.client_processes, args.seconds, args.max_requests, batching)
+                        points.append(point)
+                        print(
+                            f"{transport:4s} batching={'on ' if batching else 'off'} callers={callers:3d}: "
+                            f"{point.rps:8.0f} req/s  p50 {point.p50_ms:7.2f} ms  p99 {point.p99_ms:7.2f} ms  errors {point.errors}",
+                            flush=True,
+                        )
+            finally:
+                server.stop()  # type: ignore[attr-defined]
+
+    print("\n| transport | batching | callers | req/s | p50 ms | p99 ms | errors |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for p in points:
+        print(f"| {p.transport} | {'on' if p.batching else 'off'} | {p.concurrency} | {p.rps:.0f} | {p.p50_ms:.2f} | {p.p99_ms:.2f} | {p.errors} |")
+    if args.json:
+        args.json.write_text(json.dumps({"engine_ms": floor, "points": [p.__dict__ | {"rps": p.rps} for p in points]}, indent=2))
+    return 1 if any(p.errors for p in points) else 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO_ROOT))
+    sys.exit(main())
