@@ -65,7 +65,9 @@ def engine_floor(version_dir: Path, images: np.ndarray, repeats: int) -> dict[in
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(version_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(version_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]
+    )
     name = session.get_inputs()[0].name
     result = {}
     for batch in (1, 64):
@@ -81,7 +83,15 @@ def engine_floor(version_dir: Path, images: np.ndarray, repeats: int) -> dict[in
     return result
 
 
-def _grpc_worker(target: str, model: str, images: np.ndarray, callers: int, seconds: float, budget: int, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _grpc_worker(
+    target: str,
+    model: str,
+    images: np.ndarray,
+    callers: int,
+    seconds: float,
+    budget: int,
+    queue: multiprocessing.Queue,
+) -> None:  # type: ignore[type-arg]
     import grpc
 
     from serving.proto import apis_pb2, apis_pb2_grpc
@@ -117,7 +127,15 @@ def _grpc_worker(target: str, model: str, images: np.ndarray, callers: int, seco
     queue.put(asyncio.run(run()))
 
 
-def _rest_worker(url: str, model: str, images: np.ndarray, callers: int, seconds: float, budget: int, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _rest_worker(
+    url: str,
+    model: str,
+    images: np.ndarray,
+    callers: int,
+    seconds: float,
+    budget: int,
+    queue: multiprocessing.Queue,
+) -> None:  # type: ignore[type-arg]
     import aiohttp
 
     async def run() -> tuple[list[float], int]:
@@ -132,7 +150,9 @@ def _rest_worker(url: str, model: str, images: np.ndarray, callers: int, seconds
                 index = offset
                 while time.perf_counter() < deadline and len(latencies) + errors < budget:
                     started = time.perf_counter()
-                    async with session.post(f"{url}/v1/models/{model}:predict", data=bodies[index % len(bodies)]) as response:
+                    async with session.post(
+                        f"{url}/v1/models/{model}:predict", data=bodies[index % len(bodies)]
+                    ) as response:
                         await response.read()
                         if response.status == 200:
                             latencies.append(time.perf_counter() - started)
@@ -146,7 +166,17 @@ def _rest_worker(url: str, model: str, images: np.ndarray, callers: int, seconds
     queue.put(asyncio.run(run()))
 
 
-def measure(transport: str, address: str, model: str, images: np.ndarray, concurrency: int, processes: int, seconds: float, budget: int, batching: bool) -> Point:
+def measure(
+    transport: str,
+    address: str,
+    model: str,
+    images: np.ndarray,
+    concurrency: int,
+    processes: int,
+    seconds: float,
+    budget: int,
+    batching: bool,
+) -> Point:
     """Closed-loop load: `concurrency` callers spread over client processes, for `seconds`."""
     worker = _grpc_worker if transport == "grpc" else _rest_worker
     context = multiprocessing.get_context("spawn")
@@ -155,7 +185,9 @@ def measure(transport: str, address: str, model: str, images: np.ndarray, concur
     shares = [concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)]
     started = time.perf_counter()
     workers = [
-        context.Process(target=worker, args=(address, model, images, share, seconds, budget // processes, queue))
+        context.Process(
+            target=worker, args=(address, model, images, share, seconds, budget // processes, queue)
+        )
         for share in shares
     ]
     for process in workers:
@@ -180,7 +212,9 @@ def run_server(model: str, base: Path, batching: bool, threads: int, log: Path) 
         args += ["--tensorflow_intra_op_parallelism", str(threads)]
     if batching:
         config = log.with_suffix(".batching")
-        config.write_text("max_batch_size { value: 64 } batch_timeout_micros { value: 1000 } num_batch_threads { value: 2 } max_enqueued_batches { value: 1000 }")
+        config.write_text(
+            "max_batch_size { value: 64 } batch_timeout_micros { value: 1000 } num_batch_threads { value: 2 } max_enqueued_batches { value: 1000 }"
+        )
         args += ["--enable_batching", "--batching_parameters_file", str(config)]
     server = start_server(args, log)
     return server, server.grpc_target, server.rest_url
@@ -207,22 +241,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(256, *shape)).astype(np.float32)
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
     print(f"model: {args.model} version {version_dir.name} ({version_dir})")
     floor = engine_floor(version_dir, images, repeats=200)
-    print(f"engine alone (ONNX Runtime, 1 thread): batch 1 {floor[1]:.3f} ms, batch 64 {floor[64]:.3f} ms ({floor[64] / 64:.4f} ms/row)")
+    print(
+        f"engine alone (ONNX Runtime, 1 thread): batch 1 {floor[1]:.3f} ms, batch 64 {floor[64]:.3f} ms ({floor[64] / 64:.4f} ms/row)"
+    )
 
     points: list[Point] = []
     concurrency = [int(c) for c in args.concurrency.split(",")]
     with tempfile.TemporaryDirectory() as folder:
         for batching in (False, True):
-            server, grpc_target, rest_url = run_server(args.model, base.resolve(), batching, args.threads, Path(folder) / f"server-{batching}.log")
+            server, grpc_target, rest_url = run_server(
+                args.model, base.resolve(), batching, args.threads, Path(folder) / f"server-{batching}.log"
+            )
             try:
                 urllib.request.urlopen(f"{rest_url}/v1/models/{args.model}", timeout=10).read()
                 for transport in args.transports.split(","):
                     address = grpc_target if transport == "grpc" else rest_url
                     for callers in concurrency:
-                        point = measure(transport, address, args.model, images, callers, args.client_processes, args.seconds, args.max_requests, batching)
+                        point = measure(
+                            transport,
+                            address,
+                            args.model,
+                            images,
+                            callers,
+                            args.client_processes,
+                            args.seconds,
+                            args.max_requests,
+                            batching,
+                        )
                         points.append(point)
                         print(
                             f"{transport:4s} batching={'on ' if batching else 'off'} callers={callers:3d}: "
@@ -235,9 +285,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n| transport | batching | callers | req/s | p50 ms | p99 ms | errors |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for p in points:
-        print(f"| {p.transport} | {'on' if p.batching else 'off'} | {p.concurrency} | {p.rps:.0f} | {p.p50_ms:.2f} | {p.p99_ms:.2f} | {p.errors} |")
+        print(
+            f"| {p.transport} | {'on' if p.batching else 'off'} | {p.concurrency} | {p.rps:.0f} | {p.p50_ms:.2f} | {p.p99_ms:.2f} | {p.errors} |"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"engine_ms": floor, "points": [p.__dict__ | {"rps": p.rps} for p in points]}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"engine_ms": floor, "points": [p.__dict__ | {"rps": p.rps} for p in points]}, indent=2
+            )
+        )
     return 1 if any(p.errors for p in points) else 0
 
 

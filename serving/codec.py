@@ -64,6 +64,7 @@ _VALUE_FIELD: dict[int, str] = {
     tensor_pb2.DT_STRING: "string_val",
 }
 
+
 # Manifest / metadata dtype names ("float32", "string") <-> numpy.
 def dtype_from_name(name: str) -> np.dtype:
     return STRING if name == "string" else np.dtype(name)
@@ -133,7 +134,9 @@ def to_numpy(proto: tensor_pb2.TensorProto, name: str = "tensor", max_bytes: int
     elif proto.dtype == tensor_pb2.DT_HALF:
         flat = np.asarray(values, dtype=np.uint16).view(np.float16)
     elif proto.dtype in (tensor_pb2.DT_COMPLEX64, tensor_pb2.DT_COMPLEX128):
-        pairs = np.asarray(values, dtype=np.float64 if proto.dtype == tensor_pb2.DT_COMPLEX128 else np.float32)
+        pairs = np.asarray(
+            values, dtype=np.float64 if proto.dtype == tensor_pb2.DT_COMPLEX128 else np.float32
+        )
         if pairs.size % 2:
             raise InvalidArgument(f"input '{name}': complex values come in (real, imaginary) pairs")
         flat = pairs.view(dtype)
@@ -150,7 +153,9 @@ def _fill(flat: np.ndarray, shape: tuple[int, ...], count: int, name: str) -> np
     if flat.size == count:
         return flat.reshape(shape)
     if flat.size > count:
-        raise InvalidArgument(f"input '{name}': {flat.size} values for shape {list(shape)} ({count} elements)")
+        raise InvalidArgument(
+            f"input '{name}': {flat.size} values for shape {list(shape)} ({count} elements)"
+        )
     out = np.empty(count, dtype=flat.dtype)
     out[: flat.size] = flat
     out[flat.size :] = flat[-1] if flat.size else (b"" if flat.dtype == STRING else 0)

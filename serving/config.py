@@ -155,7 +155,9 @@ def parse_batching_text(text: str) -> BatchingConfig:
         pad_variable_length_inputs=message.pad_variable_length_inputs,
     )
     if config.max_batch_size < 1 or config.num_batch_threads < 1 or config.max_enqueued_batches < 1:
-        raise ConfigError("batching parameters: max_batch_size, num_batch_threads, max_enqueued_batches must be >= 1")
+        raise ConfigError(
+            "batching parameters: max_batch_size, num_batch_threads, max_enqueued_batches must be >= 1"
+        )
     if config.batch_timeout_micros < 0:
         raise ConfigError("batching parameters: batch_timeout_micros must be >= 0")
     sizes = config.allowed_batch_sizes
@@ -199,18 +201,64 @@ def build_parser() -> argparse.ArgumentParser:
     add("--host", default="0.0.0.0", help="address to bind both ports to")
     add("--model_name", default=None, help="name of the single model to serve (with --model_base_path)")
     add("--model_base_path", default=None, help="folder holding <version>/ subfolders of one model")
-    add("--model_config_file", default=None, help="TF Serving text-format model_config_list for several models")
-    add("--model_config_file_poll_wait_seconds", type=float, default=0, help="accepted for compatibility; reload with a restart or HandleReloadConfigRequest")
-    add("--file_system_poll_wait_seconds", type=float, default=1.0, help="how often to look for new versions (0: only at start)")
-    add("--enable_batching", type=_bool, nargs="?", const=True, default=False, help="batch concurrent requests")
+    add(
+        "--model_config_file",
+        default=None,
+        help="TF Serving text-format model_config_list for several models",
+    )
+    add(
+        "--model_config_file_poll_wait_seconds",
+        type=float,
+        default=0,
+        help="accepted for compatibility; reload with a restart or HandleReloadConfigRequest",
+    )
+    add(
+        "--file_system_poll_wait_seconds",
+        type=float,
+        default=1.0,
+        help="how often to look for new versions (0: only at start)",
+    )
+    add(
+        "--enable_batching",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="batch concurrent requests",
+    )
     add("--batching_parameters_file", default=None, help="TF Serving BatchingParameters text file")
-    add("--monitoring_config_file", default=None, help="TF Serving MonitoringConfig text file (Prometheus path)")
-    add("--grpc_max_message_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, help="largest gRPC message accepted and sent")
+    add(
+        "--monitoring_config_file",
+        default=None,
+        help="TF Serving MonitoringConfig text file (Prometheus path)",
+    )
+    add(
+        "--grpc_max_message_bytes",
+        type=int,
+        default=DEFAULT_MAX_MESSAGE_BYTES,
+        help="largest gRPC message accepted and sent",
+    )
     add("--backend", choices=("onnx", "tensorflow"), default="onnx", help="inference engine")
-    add("--onnx_providers", default="CPUExecutionProvider", help="comma-separated ONNX Runtime providers, in order of preference")
-    add("--tensorflow_intra_op_parallelism", type=int, default=0, help="threads inside one op (0: engine default)")
-    add("--tensorflow_inter_op_parallelism", type=int, default=0, help="ops run in parallel (0: engine default)")
-    add("--drain_seconds", type=float, default=10.0, help="on SIGTERM, how long in-flight requests may finish")
+    add(
+        "--onnx_providers",
+        default="CPUExecutionProvider",
+        help="comma-separated ONNX Runtime providers, in order of preference",
+    )
+    add(
+        "--tensorflow_intra_op_parallelism",
+        type=int,
+        default=0,
+        help="threads inside one op (0: engine default)",
+    )
+    add(
+        "--tensorflow_inter_op_parallelism",
+        type=int,
+        default=0,
+        help="ops run in parallel (0: engine default)",
+    )
+    add(
+        "--drain_seconds", type=float, default=10.0, help="on SIGTERM, how long in-flight requests may finish"
+    )
     add("--request_timeout_seconds", type=float, default=30.0, help="server-side limit on one request")
     return parser
 
@@ -224,7 +272,9 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
             raise ConfigError("use either --model_config_file or --model_name/--model_base_path, not both")
         models = parse_model_config_text(_read(config_file, "--model_config_file"), config_file.parent)
     elif args.model_base_path:
-        models = (ModelConfig(name=args.model_name or "default", base_path=Path(args.model_base_path).resolve()),)
+        models = (
+            ModelConfig(name=args.model_name or "default", base_path=Path(args.model_base_path).resolve()),
+        )
     else:
         raise ConfigError("nothing to serve: give --model_config_file, or --model_name and --model_base_path")
 

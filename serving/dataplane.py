@@ -44,7 +44,9 @@ def validate_inputs(signature: Signature, inputs: Mapping[str, np.ndarray]) -> N
         if alternative in given:
             expected = (expected - {replaced}) | {alternative}
     if not given:
-        raise InvalidArgument(f"request has no inputs; signature '{signature.name}' takes {_describe(signature)}")
+        raise InvalidArgument(
+            f"request has no inputs; signature '{signature.name}' takes {_describe(signature)}"
+        )
     unknown, missing = sorted(given - expected), sorted(expected - given)
     if unknown or missing:
         parts = []
@@ -52,7 +54,9 @@ def validate_inputs(signature: Signature, inputs: Mapping[str, np.ndarray]) -> N
             parts.append(f"unknown input(s) {unknown}")
         if missing:
             parts.append(f"missing input(s) {missing}")
-        raise InvalidArgument(f"{'; '.join(parts)}: signature '{signature.name}' takes {_describe(signature)}")
+        raise InvalidArgument(
+            f"{'; '.join(parts)}: signature '{signature.name}' takes {_describe(signature)}"
+        )
 
     batch: int | None = None
     for name, value in inputs.items():
@@ -93,7 +97,11 @@ def _check_tensor(name: str, value: np.ndarray, meta: TensorMeta) -> None:
 
 
 def _shape(shape: Sequence[int]) -> str:
-    return "[" + ", ".join("N" if i == 0 and d < 0 else ("?" if d < 0 else str(d)) for i, d in enumerate(shape)) + "]"
+    return (
+        "["
+        + ", ".join("N" if i == 0 and d < 0 else ("?" if d < 0 else str(d)) for i, d in enumerate(shape))
+        + "]"
+    )
 
 
 def _describe(signature: Signature) -> str:
@@ -171,7 +179,9 @@ class DataPlane:
             outputs = {name: outputs[name] for name in output_filter}
         return Result(resolved, sig.name, outputs)
 
-    def _run(self, version: ModelVersion, signature: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(
+        self, version: ModelVersion, signature: str, inputs: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
         assert version.backend is not None
         rows = next(iter(inputs.values())).shape[0]
         with self.metrics.engine_seconds.labels(version.name, signature).time():
@@ -251,7 +261,9 @@ class DataPlane:
 
     # -- metadata and status ---------------------------------------------------------------------
 
-    def metadata(self, model: str, version: int | None = None, label: str | None = None) -> tuple[ModelVersion, dict[str, Signature]]:
+    def metadata(
+        self, model: str, version: int | None = None, label: str | None = None
+    ) -> tuple[ModelVersion, dict[str, Signature]]:
         resolved = self.repository.resolve(model, version, label)
         return resolved, resolved.signatures()
 

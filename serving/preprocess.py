@@ -27,7 +27,9 @@ def image_bytes_preprocessor(version_dir: Path, params: Mapping[str, Any]) -> Pr
 
     def run(images: np.ndarray) -> np.ndarray:
         if images.ndim != 1:
-            raise InvalidArgument(f"image bytes must be a 1-D batch of strings, got shape {list(images.shape)}")
+            raise InvalidArgument(
+                f"image bytes must be a 1-D batch of strings, got shape {list(images.shape)}"
+            )
         pixels = np.empty((len(images), height, width, channels), dtype=np.float32)
         for index, data in enumerate(images):
             try:

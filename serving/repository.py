@@ -78,7 +78,9 @@ def warm_up(backend: Backend) -> None:
             continue  # encoded inputs have no meaningful dummy value; the preprocess path is warmed by use
         if any(d < 0 for meta in signature.inputs.values() for d in meta.shape[1:]):
             continue
-        dummy = {key: np.zeros((1, *meta.shape[1:]), dtype=meta.dtype) for key, meta in signature.inputs.items()}
+        dummy = {
+            key: np.zeros((1, *meta.shape[1:]), dtype=meta.dtype) for key, meta in signature.inputs.items()
+        }
         backend.run(name, backend.prepare(name, dummy))
 
 
@@ -126,7 +128,9 @@ class Repository:
             if found is None or found.state == State.END:
                 raise NotFound(f"Servable not found for request: model '{name}' version {version}")
             if found.state != State.AVAILABLE:
-                raise Unavailable(f"model '{name}' version {version} is {found.state.name}, not yet available")
+                raise Unavailable(
+                    f"model '{name}' version {version} is {found.state.name}, not yet available"
+                )
             return found
         available = [v for v in model.versions.values() if v.state == State.AVAILABLE]
         if not available:
@@ -149,9 +153,7 @@ class Repository:
 
     def all_available(self) -> bool:
         """True once every model has at least one AVAILABLE version (readiness)."""
-        return all(
-            any(v.state == State.AVAILABLE for v in m.versions.values()) for m in self.models.values()
-        )
+        return all(any(v.state == State.AVAILABLE for v in m.versions.values()) for m in self.models.values())
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -169,7 +171,8 @@ class Repository:
         loads = [
             self._load(model, v)
             for v in sorted(wanted)
-            if v not in model.versions or (model.versions[v].state == State.END and not model.versions[v].error)
+            if v not in model.versions
+            or (model.versions[v].state == State.END and not model.versions[v].error)
         ]
         await asyncio.gather(*loads)
         for version in list(model.versions.values()):
@@ -193,7 +196,11 @@ class Repository:
             entry.backend, entry.state, entry.loaded_at = backend, State.AVAILABLE, time.time()
             log.info(
                 "%s version %d AVAILABLE (%s, %.2fs, signatures %s)",
-                entry.name, version, self.platform, time.perf_counter() - started, sorted(backend.signatures()),
+                entry.name,
+                version,
+                self.platform,
+                time.perf_counter() - started,
+                sorted(backend.signatures()),
             )
         self.on_change(entry)
 

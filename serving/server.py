@@ -48,7 +48,9 @@ class RunningServer:
 
     async def set_serving(self, serving: bool) -> None:
         """Readiness: "" and the TF Serving services are SERVING only while every model is available."""
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for service in ("", *SERVICE_NAMES[:2]):
             await self.health.set(service, status)
 
@@ -104,7 +106,9 @@ async def start(config: ServerConfig) -> RunningServer:
         rest_port = runner.addresses[0][1]
         log.info("REST listening on %s:%d", config.host, rest_port)
 
-    running = RunningServer(grpc_server, grpc_port, runner, rest_port, health_servicer, repository, dataplane, executor)
+    running = RunningServer(
+        grpc_server, grpc_port, runner, rest_port, health_servicer, repository, dataplane, executor
+    )
     await running.set_serving(False)
     await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     await repository.sync()

@@ -33,13 +33,17 @@ def signature_def_map(signatures: Mapping[str, Signature]) -> apis_pb2.Signature
     return result
 
 
-def _tensor_info(info: meta_graph_pb2.TensorInfo, tensor_name: str, dtype: np.dtype, shape: Iterable[int]) -> None:
+def _tensor_info(
+    info: meta_graph_pb2.TensorInfo, tensor_name: str, dtype: np.dtype, shape: Iterable[int]
+) -> None:
     info.name = tensor_name
     info.dtype = data_type(dtype)  # type: ignore[assignment]
     info.tensor_shape.dim.extend(tensor_pb2.TensorShapeProto.Dim(size=int(d)) for d in shape)
 
 
-def metadata_response(version: ModelVersion, signatures: Mapping[str, Signature]) -> apis_pb2.GetModelMetadataResponse:
+def metadata_response(
+    version: ModelVersion, signatures: Mapping[str, Signature]
+) -> apis_pb2.GetModelMetadataResponse:
     response = apis_pb2.GetModelMetadataResponse(model_spec=model_spec(version))
     response.metadata["signature_def"].Pack(signature_def_map(signatures))
     return response

@@ -69,7 +69,9 @@ def client(target: str, input_path: str, output_path: str) -> None:
         heatmap=heatmap,
         version=response.model_spec.version.value,
         signatures=np.array(sorted(signatures.signature_def)),
-        input_shape=np.array([d.size for d in signatures.signature_def["serving_default"].inputs["image"].tensor_shape.dim]),
+        input_shape=np.array(
+            [d.size for d in signatures.signature_def["serving_default"].inputs["image"].tensor_shape.dim]
+        ),
         states=np.array([s.state for s in status.model_version_status]),
         bad_code=np.array(bad_code),
     )
@@ -94,7 +96,9 @@ class SavedModelService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 def server(base: str, port_file: str) -> None:
     grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(SavedModelService(Path(base)), grpc_server)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        SavedModelService(Path(base)), grpc_server
+    )
     port = grpc_server.add_insecure_port("127.0.0.1:0")
     grpc_server.start()
     Path(port_file).write_text(str(port))

@@ -56,8 +56,17 @@ def test_our_stubs_official_stubs_and_rest_agree(
 
     np.save(tmp_path / "images.npy", images)
     subprocess.run(
-        [sys.executable, str(OFFICIAL), "client", onnx_server.grpc_target, str(tmp_path / "images.npy"), str(tmp_path / "out.npz")],
-        cwd=REPO_ROOT, check=True, timeout=180,
+        [
+            sys.executable,
+            str(OFFICIAL),
+            "client",
+            onnx_server.grpc_target,
+            str(tmp_path / "images.npy"),
+            str(tmp_path / "out.npz"),
+        ],
+        cwd=REPO_ROOT,
+        check=True,
+        timeout=180,
     )
     official = np.load(tmp_path / "out.npz")
     np.testing.assert_array_equal(official["probabilities"], ours["probabilities"])
@@ -78,10 +87,15 @@ def test_our_stubs_official_stubs_and_rest_agree(
 
 
 def test_our_client_against_tf_serving_message_classes(
-    onnx_server: ServerProcess, digits_model_dir: Path, digits_test_images: tuple[np.ndarray, np.ndarray], tmp_path: Path
+    onnx_server: ServerProcess,
+    digits_model_dir: Path,
+    digits_test_images: tuple[np.ndarray, np.ndarray],
+    tmp_path: Path,
 ) -> None:
     port_file = tmp_path / "port"
-    process = subprocess.Popen([sys.executable, str(OFFICIAL), "server", str(digits_model_dir), str(port_file)], cwd=REPO_ROOT)
+    process = subprocess.Popen(
+        [sys.executable, str(OFFICIAL), "server", str(digits_model_dir), str(port_file)], cwd=REPO_ROOT
+    )
     try:
         deadline = time.monotonic() + 120
         while not port_file.exists() and time.monotonic() < deadline:
@@ -101,11 +115,15 @@ def test_our_client_against_tf_serving_message_classes(
 
 
 def test_tensorflow_backend_serves_the_same_answers(
-    onnx_server: ServerProcess, digits_model_dir: Path, digits_test_images: tuple[np.ndarray, np.ndarray], tmp_path: Path
+    onnx_server: ServerProcess,
+    digits_model_dir: Path,
+    digits_test_images: tuple[np.ndarray, np.ndarray],
+    tmp_path: Path,
 ) -> None:
     server = start_server(
         ["--model_name", "digits", "--model_base_path", str(digits_model_dir), "--backend", "tensorflow"],
-        tmp_path / "tf.log", timeout=180,
+        tmp_path / "tf.log",
+        timeout=180,
     )
     try:
         images = digits_test_images[0].astype(np.float32)

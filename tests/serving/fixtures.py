@@ -121,12 +121,25 @@ class ServerProcess:
         return int(self.process.returncode)
 
 
-def start_server(args: Sequence[str], log_path: Path, timeout: float = 60, wait_serving: bool = True) -> ServerProcess:
+def start_server(
+    args: Sequence[str], log_path: Path, timeout: float = 60, wait_serving: bool = True
+) -> ServerProcess:
     """Run `python -m serving ARGS --port 0 --rest_api_port 0` and wait until health says SERVING."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     handle = log_path.open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "serving", "--host", "127.0.0.1", "--port", "0", "--rest_api_port", "0", *args],
+        [
+            sys.executable,
+            "-m",
+            "serving",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--rest_api_port",
+            "0",
+            *args,
+        ],
         cwd=REPO_ROOT,
         stdout=handle,
         stderr=subprocess.STDOUT,

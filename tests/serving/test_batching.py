@@ -31,7 +31,12 @@ class Recorder:
 
 
 def config(**overrides: int | tuple[int, ...]) -> BatchingConfig:
-    values = {"max_batch_size": 8, "batch_timeout_micros": 20_000, "max_enqueued_batches": 4, "num_batch_threads": 2}
+    values = {
+        "max_batch_size": 8,
+        "batch_timeout_micros": 20_000,
+        "max_enqueued_batches": 4,
+        "num_batch_threads": 2,
+    }
     values.update(overrides)  # type: ignore[arg-type]
     return BatchingConfig(**values)  # type: ignore[arg-type]
 
@@ -101,7 +106,9 @@ async def test_wrong_row_count_from_engine_is_an_error() -> None:
 
 async def test_full_queue_is_resource_exhausted_and_recovers() -> None:
     engine = Recorder(delay=0.2)
-    batcher = Batcher(engine, config(max_batch_size=2, max_enqueued_batches=1, num_batch_threads=1, batch_timeout_micros=0))
+    batcher = Batcher(
+        engine, config(max_batch_size=2, max_enqueued_batches=1, num_batch_threads=1, batch_timeout_micros=0)
+    )
     first = asyncio.ensure_future(batcher.submit({"x": np.ones((2, 1), np.float32)}))
     await asyncio.sleep(0.05)
     with pytest.raises(ResourceExhausted, match="queue is full"):

@@ -10,8 +10,20 @@ from serving.errors import InvalidArgument
 from serving.proto import tensor_pb2
 
 NUMERIC = [
-    np.float32, np.float64, np.float16, np.int8, np.int16, np.int32, np.int64,
-    np.uint8, np.uint16, np.uint32, np.uint64, np.bool_, np.complex64, np.complex128,
+    np.float32,
+    np.float64,
+    np.float16,
+    np.int8,
+    np.int16,
+    np.int32,
+    np.int64,
+    np.uint8,
+    np.uint16,
+    np.uint32,
+    np.uint64,
+    np.bool_,
+    np.complex64,
+    np.complex128,
 ]
 
 
@@ -39,7 +51,12 @@ def test_round_trip_strings_and_unicode() -> None:
 @pytest.mark.parametrize(
     ("dtype", "field", "values", "expected"),
     [
-        (tensor_pb2.DT_FLOAT, "float_val", [1.5, 2.5, 3.5, 4.5], np.array([[1.5, 2.5], [3.5, 4.5]], np.float32)),
+        (
+            tensor_pb2.DT_FLOAT,
+            "float_val",
+            [1.5, 2.5, 3.5, 4.5],
+            np.array([[1.5, 2.5], [3.5, 4.5]], np.float32),
+        ),
         (tensor_pb2.DT_INT32, "int_val", [7], np.full((2, 2), 7, np.int32)),  # short list: last value repeats
         (tensor_pb2.DT_INT64, "int64_val", [], np.zeros((2, 2), np.int64)),  # empty: zeros
         (tensor_pb2.DT_UINT8, "int_val", [1, 255], np.array([[1, 255], [255, 255]], np.uint8)),
@@ -47,7 +64,9 @@ def test_round_trip_strings_and_unicode() -> None:
         (tensor_pb2.DT_DOUBLE, "double_val", [0.25] * 4, np.full((2, 2), 0.25)),
     ],
 )
-def test_typed_value_fields_follow_tensorflow(dtype: int, field: str, values: list, expected: np.ndarray) -> None:
+def test_typed_value_fields_follow_tensorflow(
+    dtype: int, field: str, values: list, expected: np.ndarray
+) -> None:
     proto = tensor_pb2.TensorProto(dtype=dtype)  # type: ignore[arg-type]
     proto.tensor_shape.dim.add(size=2)
     proto.tensor_shape.dim.add(size=2)

@@ -54,10 +54,16 @@ def test_model_config_text(tmp_path: Path) -> None:
     [
         ("model_config_list { config { name: 'a' } }", "has no base_path"),
         ("model_config_list { config { base_path: '/x' } }", "needs a name"),
-        ("model_config_list { config { name: 'a' base_path: '/a' } config { name: 'a' base_path: '/b' } }", "duplicate"),
+        (
+            "model_config_list { config { name: 'a' base_path: '/a' } config { name: 'a' base_path: '/b' } }",
+            "duplicate",
+        ),
         ("model_config_list { }", "no config entries"),
         ("model_config_list { config { name: 'a' base_path: '/a' bogus_field: 1 } }", "bogus_field"),
-        ("model_config_list { config { name: 'a' base_path: '/a' model_version_policy { specific { } } } }", "lists no versions"),
+        (
+            "model_config_list { config { name: 'a' base_path: '/a' model_version_policy { specific { } } } }",
+            "lists no versions",
+        ),
     ],
 )
 def test_bad_model_config_says_why(text: str, message: str) -> None:
@@ -88,7 +94,9 @@ def test_batching_parameters_text() -> None:
 def test_monitoring_config_text() -> None:
     config = parse_monitoring_text('prometheus_config { enable: true path: "/metrics" }')
     assert config.enable and config.path == "/metrics"
-    assert parse_monitoring_text("prometheus_config { enable: true }").path == "/monitoring/prometheus/metrics"
+    assert (
+        parse_monitoring_text("prometheus_config { enable: true }").path == "/monitoring/prometheus/metrics"
+    )
     with pytest.raises(ConfigError, match="must start with"):
         parse_monitoring_text('prometheus_config { enable: true path: "metrics" }')
 

@@ -71,7 +71,10 @@ print(json.dumps(out))
 def official() -> dict:
     result = subprocess.run(
         [sys.executable, "-c", DUMP, *OFFICIAL_MODULES],
-        capture_output=True, text=True, timeout=120, check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     return json.loads(result.stdout)
 
@@ -101,8 +104,11 @@ def _ours() -> tuple[dict[str, Descriptor], dict[str, EnumDescriptor]]:
 
 
 # Messages where our copy is deliberately a subset (fields we never send or read).
-TEXT_FORMAT_ONLY = {"tensorflow.serving.BatchingParameters", "tensorflow.serving.PrometheusConfig",
-                    "tensorflow.serving.MonitoringConfig"}
+TEXT_FORMAT_ONLY = {
+    "tensorflow.serving.BatchingParameters",
+    "tensorflow.serving.PrometheusConfig",
+    "tensorflow.serving.MonitoringConfig",
+}
 
 
 def test_every_field_matches_the_official_number_and_type(official: dict) -> None:
@@ -116,9 +122,14 @@ def test_every_field_matches_the_official_number_and_type(official: dict) -> Non
         for field in descriptor.fields:
             assert field.name in theirs, f"{name}.{field.name} is not an official field"
             number, kind, repeated, type_name = theirs[field.name]
-            ours_type = field.message_type.full_name if field.message_type else (
-                field.enum_type.full_name if field.enum_type else None)
-            assert (field.number, field.type, field.is_repeated) == (number, kind, repeated), f"{name}.{field.name}"
+            ours_type = (
+                field.message_type.full_name
+                if field.message_type
+                else (field.enum_type.full_name if field.enum_type else None)
+            )
+            assert (field.number, field.type, field.is_repeated) == (number, kind, repeated), (
+                f"{name}.{field.name}"
+            )
             assert official_name(ours_type) == type_name, f"{name}.{field.name}: {ours_type} != {type_name}"
             checked += 1
     assert checked > 80
@@ -136,15 +147,26 @@ def test_services_match(official: dict) -> None:
     for service in apis_pb2.DESCRIPTOR.services_by_name.values():
         theirs = official["services"][service.full_name]
         for method in service.methods:
-            assert theirs[method.name] == [official_name(method.input_type.full_name), official_name(method.output_type.full_name)]
+            assert theirs[method.name] == [
+                official_name(method.input_type.full_name),
+                official_name(method.output_type.full_name),
+            ]
 
 
 def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
     pytest.importorskip("grpc_tools")
     sources = sorted((REPO / "protos/serving/proto").glob("*.proto"))
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{REPO / 'protos'}", f"--python_out={tmp_path}",
-         f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", *map(str, sources)],
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{REPO / 'protos'}",
+            f"--python_out={tmp_path}",
+            f"--pyi_out={tmp_path}",
+            f"--grpc_python_out={tmp_path}",
+            *map(str, sources),
+        ],
         check=True,
     )
     generated = tmp_path / "serving/proto"

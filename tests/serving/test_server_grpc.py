@@ -17,7 +17,13 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from serving import codec
 from serving.proto import apis_pb2, apis_pb2_grpc, example_pb2, tensor_pb2
-from tests.serving.fixtures import ServerProcess, reference_probabilities, start_server, write_config, write_tiny_version
+from tests.serving.fixtures import (
+    ServerProcess,
+    reference_probabilities,
+    start_server,
+    write_config,
+    write_tiny_version,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +54,9 @@ def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
 
 @pytest.fixture(scope="module")
 def stub(server: ServerProcess) -> Iterator[apis_pb2_grpc.PredictionServiceStub]:
-    with grpc.insecure_channel(server.grpc_target, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+    with grpc.insecure_channel(
+        server.grpc_target, options=[("grpc.max_send_message_length", 64 << 20)]
+    ) as channel:
         yield apis_pb2_grpc.PredictionServiceStub(channel)
 
 
@@ -104,18 +112,62 @@ def _huge_shape() -> tensor_pb2.TensorProto:
 
 
 BAD_REQUESTS = {
-    "unknown model": (lambda: predict_request({"image": images(1)}, name="nope"), grpc.StatusCode.NOT_FOUND, "nope"),
-    "unknown version": (lambda: predict_request({"image": images(1)}, version=9), grpc.StatusCode.NOT_FOUND, "version 9"),
-    "unknown label": (lambda: predict_request({"image": images(1)}, label="canary"), grpc.StatusCode.NOT_FOUND, "canary"),
-    "unknown signature": (lambda: predict_request({"image": images(1)}, signature="explain"), grpc.StatusCode.NOT_FOUND, "no signature 'explain'"),
-    "wrong input name": (lambda: predict_request({"pixels": images(1)}), grpc.StatusCode.INVALID_ARGUMENT, "unknown input(s) ['pixels']"),
-    "wrong dtype": (lambda: predict_request({"image": images(1).astype(np.float64)}), grpc.StatusCode.INVALID_ARGUMENT, "must be float32, got float64"),
-    "wrong rank": (lambda: predict_request({"image": np.zeros((1, 28, 28), np.float32)}), grpc.StatusCode.INVALID_ARGUMENT, "rank 4"),
-    "wrong shape": (lambda: predict_request({"image": np.zeros((1, 28, 28, 3), np.float32)}), grpc.StatusCode.INVALID_ARGUMENT, "[N, 28, 28, 1]"),
-    "empty batch": (lambda: predict_request({"image": np.zeros((0, 28, 28, 1), np.float32)}), grpc.StatusCode.INVALID_ARGUMENT, "empty batch"),
-    "NaN pixels": (lambda: predict_request({"image": np.full((1, 28, 28, 1), np.nan, np.float32)}), grpc.StatusCode.INVALID_ARGUMENT, "NaN"),
+    "unknown model": (
+        lambda: predict_request({"image": images(1)}, name="nope"),
+        grpc.StatusCode.NOT_FOUND,
+        "nope",
+    ),
+    "unknown version": (
+        lambda: predict_request({"image": images(1)}, version=9),
+        grpc.StatusCode.NOT_FOUND,
+        "version 9",
+    ),
+    "unknown label": (
+        lambda: predict_request({"image": images(1)}, label="canary"),
+        grpc.StatusCode.NOT_FOUND,
+        "canary",
+    ),
+    "unknown signature": (
+        lambda: predict_request({"image": images(1)}, signature="explain"),
+        grpc.StatusCode.NOT_FOUND,
+        "no signature 'explain'",
+    ),
+    "wrong input name": (
+        lambda: predict_request({"pixels": images(1)}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "unknown input(s) ['pixels']",
+    ),
+    "wrong dtype": (
+        lambda: predict_request({"image": images(1).astype(np.float64)}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "must be float32, got float64",
+    ),
+    "wrong rank": (
+        lambda: predict_request({"image": np.zeros((1, 28, 28), np.float32)}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "rank 4",
+    ),
+    "wrong shape": (
+        lambda: predict_request({"image": np.zeros((1, 28, 28, 3), np.float32)}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "[N, 28, 28, 1]",
+    ),
+    "empty batch": (
+        lambda: predict_request({"image": np.zeros((0, 28, 28, 1), np.float32)}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "empty batch",
+    ),
+    "NaN pixels": (
+        lambda: predict_request({"image": np.full((1, 28, 28, 1), np.nan, np.float32)}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "NaN",
+    ),
     "no inputs": (lambda: predict_request({}), grpc.StatusCode.INVALID_ARGUMENT, "no inputs"),
-    "string for float": (lambda: predict_request({"image": np.array([b"x"], dtype=object)}), grpc.StatusCode.INVALID_ARGUMENT, "must be float32, got string"),
+    "string for float": (
+        lambda: predict_request({"image": np.array([b"x"], dtype=object)}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "must be float32, got string",
+    ),
 }
 
 
@@ -205,9 +257,15 @@ def test_model_status_health_and_reflection(server: ServerProcess) -> None:
             assert status == health_pb2.HealthCheckResponse.SERVING
 
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
-        replies = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        replies = reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
         services = {s.name for reply in replies for s in reply.list_services_response.service}
-        assert {"tensorflow.serving.PredictionService", "tensorflow.serving.ModelService", "grpc.health.v1.Health"} <= services
+        assert {
+            "tensorflow.serving.PredictionService",
+            "tensorflow.serving.ModelService",
+            "grpc.health.v1.Health",
+        } <= services
 
 
 def test_new_version_is_picked_up_and_old_one_unloaded(tmp_path: Path) -> None:
@@ -220,11 +278,16 @@ def test_new_version_is_picked_up_and_old_one_unloaded(tmp_path: Path) -> None:
     try:
         with grpc.insecure_channel(server.grpc_target) as channel:
             stub = apis_pb2_grpc.PredictionServiceStub(channel)
-            assert stub.Predict(predict_request({"image": images(1)}), timeout=10).model_spec.version.value == 1
+            assert (
+                stub.Predict(predict_request({"image": images(1)}), timeout=10).model_spec.version.value == 1
+            )
             write_tiny_version(base, 2, seed=2)
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
-                if stub.Predict(predict_request({"image": images(1)}), timeout=10).model_spec.version.value == 2:
+                if (
+                    stub.Predict(predict_request({"image": images(1)}), timeout=10).model_spec.version.value
+                    == 2
+                ):
                     break
                 time.sleep(0.1)
             else:
@@ -235,7 +298,9 @@ def test_new_version_is_picked_up_and_old_one_unloaded(tmp_path: Path) -> None:
             while time.monotonic() < deadline:
                 states = {
                     s.version: s.state
-                    for s in apis_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status_request).model_version_status
+                    for s in apis_pb2_grpc.ModelServiceStub(channel)
+                    .GetModelStatus(status_request)
+                    .model_version_status
                 }
                 if states == {1: apis_pb2.ModelVersionStatus.END, 2: apis_pb2.ModelVersionStatus.AVAILABLE}:
                     break
@@ -250,7 +315,9 @@ def test_broken_version_is_reported_and_health_stays_not_serving(tmp_path: Path)
     base = tmp_path / "models" / "tiny"
     version_dir = write_tiny_version(base, 1)
     (version_dir / "model.onnx").write_bytes(b"not an onnx file")
-    server = start_server(["--model_name", "tiny", "--model_base_path", str(base)], tmp_path / "s.log", wait_serving=False)
+    server = start_server(
+        ["--model_name", "tiny", "--model_base_path", str(base)], tmp_path / "s.log", wait_serving=False
+    )
     try:
         with grpc.insecure_channel(server.grpc_target) as channel:
             request = apis_pb2.GetModelStatusRequest()
@@ -258,19 +325,26 @@ def test_broken_version_is_reported_and_health_stays_not_serving(tmp_path: Path)
             deadline = time.monotonic() + 20
             statuses = []
             while time.monotonic() < deadline:
-                statuses = list(apis_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request).model_version_status)
+                statuses = list(
+                    apis_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request).model_version_status
+                )
                 if statuses and statuses[0].state == apis_pb2.ModelVersionStatus.END:
                     break
                 time.sleep(0.1)
             assert statuses and statuses[0].state == apis_pb2.ModelVersionStatus.END
             assert "sha256" in statuses[0].status.error_message
             health = health_pb2_grpc.HealthStub(channel)
-            assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert (
+                health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+                == health_pb2.HealthCheckResponse.NOT_SERVING
+            )
             # ...while the process itself is alive: liveness probes must not restart it.
             liveness = health.Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=5)
             assert liveness.status == health_pb2.HealthCheckResponse.SERVING
-            code, details = _code(
-                lambda: apis_pb2_grpc.PredictionServiceStub(channel).Predict(predict_request({"image": images(1)}), timeout=5)
+            code, _details = _code(
+                lambda: apis_pb2_grpc.PredictionServiceStub(channel).Predict(
+                    predict_request({"image": images(1)}), timeout=5
+                )
             )
             assert code == grpc.StatusCode.UNAVAILABLE
     finally:

@@ -14,7 +14,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.serving.fixtures import ServerProcess, reference_probabilities, start_server, write_config, write_tiny_version
+from tests.serving.fixtures import (
+    ServerProcess,
+    reference_probabilities,
+    start_server,
+    write_config,
+    write_tiny_version,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -29,15 +35,24 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("config")
-    config = write_config(folder / "models.config", {"tiny": repo}, extra="    version_labels { key: 'stable' value: 3 }\n")
-    (folder / "batching.config").write_text("max_batch_size { value: 32 } batch_timeout_micros { value: 5000 } num_batch_threads { value: 2 }")
-    (folder / "monitoring.config").write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }')
+    config = write_config(
+        folder / "models.config", {"tiny": repo}, extra="    version_labels { key: 'stable' value: 3 }\n"
+    )
+    (folder / "batching.config").write_text(
+        "max_batch_size { value: 32 } batch_timeout_micros { value: 5000 } num_batch_threads { value: 2 }"
+    )
+    (folder / "monitoring.config").write_text(
+        'prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }'
+    )
     process = start_server(
         [
-            "--model_config_file", str(config),
+            "--model_config_file",
+            str(config),
             "--enable_batching",
-            "--batching_parameters_file", str(folder / "batching.config"),
-            "--monitoring_config_file", str(folder / "monitoring.config"),
+            "--batching_parameters_file",
+            str(folder / "batching.config"),
+            "--monitoring_config_file",
+            str(folder / "monitoring.config"),
         ],
         folder / "server.log",
     )
@@ -46,7 +61,9 @@ def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
     assert "internal error" not in process.log()
 
 
-def call(server: ServerProcess, path: str, body: Any = None, method: str | None = None, raw: bytes | None = None) -> tuple[int, Any]:
+def call(
+    server: ServerProcess, path: str, body: Any = None, method: str | None = None, raw: bytes | None = None
+) -> tuple[int, Any]:
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     request = urllib.request.Request(server.rest_url + path, data=data, method=method)
     try:
@@ -68,7 +85,11 @@ def pixels(n: int, seed: int = 0) -> np.ndarray:
 def test_status_and_metadata(server: ServerProcess) -> None:
     status, body = call(server, "/v1/models/tiny")
     assert status == 200
-    assert body == {"model_version_status": [{"version": "3", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+    assert body == {
+        "model_version_status": [
+            {"version": "3", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]
+    }
     assert call(server, "/v1/models/tiny/versions/3")[1] == body
     assert call(server, "/v1/models/tiny/labels/stable")[1] == body
     status, body = call(server, "/v1/models/tiny/metadata")
@@ -87,7 +108,11 @@ def test_predict_row_and_columnar_formats(server: ServerProcess, repo: Path) -> 
     status, body = call(server, "/v1/models/tiny/versions/3:predict", {"inputs": {"image": batch.tolist()}})
     assert status == 200
     np.testing.assert_allclose(body["outputs"], expected, atol=1e-5)
-    status, body = call(server, "/v1/models/tiny/labels/stable:predict", {"instances": [{"image": row} for row in batch.tolist()]})
+    status, body = call(
+        server,
+        "/v1/models/tiny/labels/stable:predict",
+        {"instances": [{"image": row} for row in batch.tolist()]},
+    )
     assert status == 200
     np.testing.assert_allclose(body["predictions"], expected, atol=1e-5)
 
@@ -95,7 +120,9 @@ def test_predict_row_and_columnar_formats(server: ServerProcess, repo: Path) -> 
 def test_concurrent_requests_are_batched(server: ServerProcess, repo: Path) -> None:
     batches = [pixels(1, seed=i) for i in range(24)]
     with ThreadPoolExecutor(12) as pool:
-        results = list(pool.map(lambda b: call(server, "/v1/models/tiny:predict", {"instances": b.tolist()}), batches))
+        results = list(
+            pool.map(lambda b: call(server, "/v1/models/tiny:predict", {"instances": b.tolist()}), batches)
+        )
     for batch, (status, body) in zip(batches, results, strict=True):
         assert status == 200
         np.testing.assert_allclose(body["predictions"], reference_probabilities(repo / "3", batch), atol=1e-5)
@@ -127,7 +154,9 @@ def test_concurrent_requests_are_batched(server: ServerProcess, repo: Path) -> N
         ("/v1/elsewhere", None, 404, "Not Found"),
     ],
 )
-def test_errors_have_the_contract_status(server: ServerProcess, path: str, body: Any, status: int, fragment: str) -> None:
+def test_errors_have_the_contract_status(
+    server: ServerProcess, path: str, body: Any, status: int, fragment: str
+) -> None:
     method = "POST" if body is not None else "GET"
     got, answer = call(server, path, body, method=method)
     assert got == status, answer
@@ -142,7 +171,11 @@ def test_invalid_json_is_400(server: ServerProcess) -> None:
 
 def test_classify_and_b64_input_errors(server: ServerProcess, repo: Path) -> None:
     batch = pixels(2, seed=9)
-    status, body = call(server, "/v1/models/tiny:classify", {"examples": [{"image": row.reshape(-1).tolist()} for row in batch]})
+    status, body = call(
+        server,
+        "/v1/models/tiny:classify",
+        {"examples": [{"image": row.reshape(-1).tolist()} for row in batch]},
+    )
     assert status == 200
     expected = reference_probabilities(repo / "3", batch)
     for row, result in zip(expected, body["results"], strict=True):
@@ -158,6 +191,9 @@ def test_prometheus_metrics(server: ServerProcess) -> None:
     call(server, "/v1/models/ghost:predict", {"instances": [1]})
     status, text = call(server, "/monitoring/prometheus/metrics")
     assert status == 200
-    assert ':tensorflow:serving:request_count_total{API="predict",entrypoint="REST",model_name="tiny",status="OK"}' in text
+    assert (
+        ':tensorflow:serving:request_count_total{API="predict",entrypoint="REST",model_name="tiny",status="OK"}'
+        in text
+    )
     assert 'status="NOT_FOUND"' in text
     assert 'model_server_model_version_state{model_name="tiny",version="3"} 30.0' in text

@@ -102,11 +102,15 @@ class PredictionService(apis_pb2_grpc.PredictionServiceServicer):
         self.metrics = metrics
         self.max_bytes = max_bytes
 
-    async def Predict(self, request: apis_pb2.PredictRequest, context: grpc.aio.ServicerContext) -> apis_pb2.PredictResponse:
+    async def Predict(
+        self, request: apis_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> apis_pb2.PredictResponse:
         spec = request.model_spec
         with self.metrics.track(spec.name, "predict", "GRPC"):
             version, label = _version_choice(spec)
-            inputs = {name: codec.to_numpy(tensor, name, self.max_bytes) for name, tensor in request.inputs.items()}
+            inputs = {
+                name: codec.to_numpy(tensor, name, self.max_bytes) for name, tensor in request.inputs.items()
+            }
             result = await self.dataplane.predict(
                 spec.name,
                 inputs,
@@ -115,7 +119,9 @@ class PredictionService(apis_pb2_grpc.PredictionServiceServicer):
                 signature=spec.signature_name,
                 output_filter=list(request.output_filter),
             )
-            response = apis_pb2.PredictResponse(model_spec=messages.model_spec(result.version, result.signature))
+            response = apis_pb2.PredictResponse(
+                model_spec=messages.model_spec(result.version, result.signature)
+            )
             for name, value in result.outputs.items():
                 response.outputs[name].CopyFrom(codec.from_numpy(value))
             return response
@@ -138,7 +144,9 @@ class PredictionService(apis_pb2_grpc.PredictionServiceServicer):
             result, classes = await self.dataplane.classify(
                 spec.name, examples, version=version, label=label, signature=spec.signature_name
             )
-            response = apis_pb2.ClassificationResponse(model_spec=messages.model_spec(result.version, result.signature))
+            response = apis_pb2.ClassificationResponse(
+                model_spec=messages.model_spec(result.version, result.signature)
+            )
             for row in classes:
                 response.result.classifications.add().classes.extend(
                     apis_pb2.Class(label=name, score=score) for name, score in row
@@ -176,7 +184,9 @@ class ModelService(apis_pb2_grpc.ModelServiceServicer):
     async def HandleReloadConfigRequest(
         self, request: apis_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
     ) -> apis_pb2.ReloadConfigResponse:
-        raise Unimplemented("HandleReloadConfigRequest is not supported: restart with the new --model_config_file")
+        raise Unimplemented(
+            "HandleReloadConfigRequest is not supported: restart with the new --model_config_file"
+        )
 
 
 def create_server(

@@ -63,11 +63,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def _message_json(message: Any) -> dict[str, Any]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
 
 
 class RestApi:
-    def __init__(self, dataplane: DataPlane, repository: Repository, metrics: Metrics, monitoring: MonitoringConfig) -> None:
+    def __init__(
+        self, dataplane: DataPlane, repository: Repository, metrics: Metrics, monitoring: MonitoringConfig
+    ) -> None:
         self.dataplane = dataplane
         self.repository = repository
         self.metrics = metrics
@@ -109,7 +113,9 @@ class RestApi:
             statuses = self.repository.statuses(name, version, label)
             return web.json_response(_message_json(messages.status_response(statuses)))
 
-    async def predict(self, name: str, version: int | None, label: str | None, body: dict[str, Any]) -> web.Response:
+    async def predict(
+        self, name: str, version: int | None, label: str | None, body: dict[str, Any]
+    ) -> web.Response:
         with self.metrics.track(name, "predict", "REST"):
             signature_name = body.get("signature_name", "")
             if not isinstance(signature_name, str):
@@ -117,23 +123,35 @@ class RestApi:
             resolved = self.repository.resolve(name, version, label)
             signature = self.dataplane.signature_of(resolved, signature_name)
             if ("instances" in body) == ("inputs" in body):
-                raise InvalidArgument('the body needs exactly one of "instances" (row format) or "inputs" (columnar format)')
+                raise InvalidArgument(
+                    'the body needs exactly one of "instances" (row format) or "inputs" (columnar format)'
+                )
             row_format = "instances" in body
-            inputs = _rows_to_tensors(body["instances"], signature) if row_format else _columns_to_tensors(body["inputs"], signature)
+            inputs = (
+                _rows_to_tensors(body["instances"], signature)
+                if row_format
+                else _columns_to_tensors(body["inputs"], signature)
+            )
             output_filter = body.get("output_filter") or []
             result = await self.dataplane.predict(
                 name, inputs, version=resolved.version, signature=signature.name, output_filter=output_filter
             )
-            outputs = {k: codec.numpy_to_json(v, binary=k.endswith("_bytes")) for k, v in result.outputs.items()}
+            outputs = {
+                k: codec.numpy_to_json(v, binary=k.endswith("_bytes")) for k, v in result.outputs.items()
+            }
             if row_format:
                 rows = len(next(iter(result.outputs.values())))
                 if len(outputs) == 1:
                     return web.json_response({"predictions": next(iter(outputs.values()))})
                 predictions = [{k: v[i] for k, v in outputs.items()} for i in range(rows)]
                 return web.json_response({"predictions": predictions})
-            return web.json_response({"outputs": next(iter(outputs.values())) if len(outputs) == 1 else outputs})
+            return web.json_response(
+                {"outputs": next(iter(outputs.values())) if len(outputs) == 1 else outputs}
+            )
 
-    async def classify(self, name: str, version: int | None, label: str | None, body: dict[str, Any]) -> web.Response:
+    async def classify(
+        self, name: str, version: int | None, label: str | None, body: dict[str, Any]
+    ) -> web.Response:
         with self.metrics.track(name, "classify", "REST"):
             examples = body.get("examples")
             if not isinstance(examples, list):
@@ -178,7 +196,9 @@ def _spec(signature: Signature, name: str) -> Any:
         return signature.inputs[name].dtype
     if name in signature.alternatives:
         return codec.STRING
-    raise InvalidArgument(f"unknown input '{name}': signature '{signature.name}' takes {sorted(signature.inputs)}")
+    raise InvalidArgument(
+        f"unknown input '{name}': signature '{signature.name}' takes {sorted(signature.inputs)}"
+    )
 
 
 def _rows_to_tensors(instances: Any, signature: Signature) -> dict[str, np.ndarray]:
@@ -191,7 +211,9 @@ def _rows_to_tensors(instances: Any, signature: Signature) -> dict[str, np.ndarr
         return {n: codec.json_to_numpy([row[n] for row in instances], _spec(signature, n), n) for n in names}
     accepted = set(signature.inputs) | set(signature.alternatives)
     if len(signature.inputs) != 1:
-        raise InvalidArgument(f"signature '{signature.name}' takes several inputs {sorted(accepted)}: send each instance as an object")
+        raise InvalidArgument(
+            f"signature '{signature.name}' takes several inputs {sorted(accepted)}: send each instance as an object"
+        )
     (only,) = signature.inputs
     return {only: codec.json_to_numpy(instances, signature.inputs[only].dtype, only)}
 
@@ -200,7 +222,9 @@ def _columns_to_tensors(inputs: Any, signature: Signature) -> dict[str, np.ndarr
     if isinstance(inputs, dict) and "b64" not in inputs:
         return {n: codec.json_to_numpy(v, _spec(signature, n), n) for n, v in inputs.items()}
     if len(signature.inputs) != 1:
-        raise InvalidArgument(f"signature '{signature.name}' takes several inputs: send \"inputs\" as an object")
+        raise InvalidArgument(
+            f"signature '{signature.name}' takes several inputs: send \"inputs\" as an object"
+        )
     (only,) = signature.inputs
     return {only: codec.json_to_numpy(inputs, signature.inputs[only].dtype, only)}
 
