@@ -91,7 +91,7 @@ def _grpc_worker(
     seconds: float,
     budget: int,
     queue: multiprocessing.Queue,
-) -> None:  # type: ignore[type-arg]
+) -> None:
     import grpc
 
     from serving.proto import apis_pb2, apis_pb2_grpc
@@ -135,7 +135,7 @@ def _rest_worker(
     seconds: float,
     budget: int,
     queue: multiprocessing.Queue,
-) -> None:  # type: ignore[type-arg]
+) -> None:
     import aiohttp
 
     async def run() -> tuple[list[float], int]:
