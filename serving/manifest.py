@@ -23,7 +23,8 @@ Schema (version 1), all keys required unless marked optional:
               "output": "image",          # tensor it produces, then bound through onnx.inputs
               "params": {...}             # image_bytes: height, width, channels, resize ("bilinear")
           }                               # text: vocabulary (relative path), sequence_length, ...
-        },
+          "explainer": null | {"kind": "token_occlusion"}   # optional: the signature is computed by
+        },                                  # an explainer around the ONNX graph (see onnx_backend)
         ...
       },
       "metrics": {...},     # free-form: test accuracy, per-class accuracy, recipe...
@@ -98,11 +99,13 @@ class SignatureManifest:
     outputs: Mapping[str, TensorSpec]
     onnx: OnnxBinding
     preprocess: Preprocess | None = None
+    explainer: Mapping[str, Any] | None = None
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> SignatureManifest:
         pre = raw.get("preprocess")
         return cls(
+            explainer=dict(raw["explainer"]) if raw.get("explainer") else None,
             method=str(raw.get("method", PREDICT_METHOD)),
             inputs={k: TensorSpec.from_json(v) for k, v in raw["inputs"].items()},
             outputs={k: TensorSpec.from_json(v) for k, v in raw["outputs"].items()},

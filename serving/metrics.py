@@ -8,7 +8,7 @@ model state. A registry per server instance, so tests can run several servers in
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -21,7 +21,10 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, model_names: Iterable[str] = ()) -> None:
+        # Label values come from requests: names that are not served collapse into one value, so
+        # a client sending random model names cannot grow the series without bound.
+        self.model_names = frozenset(model_names)
         self.registry = CollectorRegistry(auto_describe=True)
         self.request_count = Counter(
             ":tensorflow:serving:request_count",
@@ -83,7 +86,7 @@ class Metrics:
             status = "INTERNAL"
             raise
         finally:
-            name = model or "<none>"
+            name = model if model in self.model_names else "<unknown>"
             self.request_count.labels(name, api, entrypoint, status).inc()
             self.request_latency.labels(name, api, entrypoint).observe((time.perf_counter() - started) * 1e6)
 

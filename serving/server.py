@@ -72,7 +72,7 @@ class RunningServer:
 
 async def start(config: ServerConfig) -> RunningServer:
     """Start listening and load the models; returns once every model has been tried once."""
-    metrics = Metrics()
+    metrics = Metrics(model.name for model in config.models)
     workers = max(4, (config.batching.num_batch_threads if config.batching else 0) + 2)
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engine")
     options = BackendOptions(

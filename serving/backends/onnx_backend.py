@@ -1,13 +1,16 @@
 """ONNX Runtime backend: serves `model.onnx` / `explain.onnx` as the manifest describes them.
 
 The only module that imports onnxruntime. One InferenceSession per ONNX file, shared by every
-signature bound to it; `run` is thread-safe (ONNX Runtime allows concurrent `run` calls) and
+signature bound to it. A signature may also be an explainer around a graph: `token_occlusion`
+(sentiment's `explain`) tokenizes each text, runs the classifier on the text and on each one-token
+occlusion of it, and returns `probabilities`, `tokens` and `importance` (see `serving.text`).
+Sessions are thread-safe (ONNX Runtime allows concurrent `run` calls) and
 releases the GIL, so the data plane calls it from worker threads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +18,10 @@ import numpy as np
 
 from serving.backends.base import BackendOptions, Signature, TensorMeta
 from serving.codec import dtype_from_name
-from serving.manifest import Manifest, SignatureManifest, TensorSpec, read_manifest
+from serving.manifest import Manifest, ManifestError, SignatureManifest, TensorSpec, read_manifest
 from serving.preprocess import Preprocessor, build_preprocessor
+
+Explainer = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 def _meta(spec: TensorSpec) -> TensorMeta:
@@ -46,6 +51,7 @@ class OnnxBackend:
         self._signatures: dict[str, Signature] = {}
         self._bindings: dict[str, SignatureManifest] = {}
         self._preprocessors: dict[str, Preprocessor] = {}
+        self._explainers: dict[str, Explainer] = {}
         for name, sig in self.manifest.signatures.items():
             if sig.onnx.file not in self._sessions:
                 path = version_dir / sig.onnx.file
@@ -53,7 +59,9 @@ class OnnxBackend:
                     str(path), sess_options=session_options, providers=providers
                 )
             alternatives: dict[str, str] = {}
-            if sig.preprocess is not None:
+            if sig.explainer is not None:
+                self._explainers[name] = self._build_explainer(name, sig)
+            elif sig.preprocess is not None:
                 self._preprocessors[name] = build_preprocessor(
                     sig.preprocess.kind, version_dir, sig.preprocess.params
                 )
@@ -68,13 +76,36 @@ class OnnxBackend:
                 alternatives=alternatives,
             )
 
+    def _build_explainer(self, name: str, sig: SignatureManifest) -> Explainer:
+        kind = sig.explainer.get("kind") if sig.explainer else None
+        if kind != "token_occlusion" or sig.preprocess is None or sig.preprocess.kind != "text":
+            raise ManifestError(
+                f"signature '{name}': unknown explainer {sig.explainer!r} (or no text preprocess)"
+            )
+        from serving.text import Tokenizer, explain_batch
+
+        tokenizer = Tokenizer.from_params(self.version_dir, sig.preprocess.params)
+        session = self._sessions[sig.onnx.file]
+        ids_name = sig.onnx.inputs[sig.preprocess.output]
+        probabilities_name = sig.onnx.outputs["probabilities"]
+
+        def explain(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            texts = list(inputs[sig.preprocess.input])  # type: ignore[union-attr]
+
+            def run_probabilities(token_ids: np.ndarray) -> np.ndarray:
+                return session.run([probabilities_name], {ids_name: token_ids})[0]
+
+            return explain_batch(run_probabilities, tokenizer, texts)
+
+        return explain
+
     def signatures(self) -> Mapping[str, Signature]:
         return self._signatures
 
     def prepare(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         binding = self._bindings[signature]
         pre = binding.preprocess
-        if pre is not None and pre.input in inputs:
+        if pre is not None and pre.input in inputs and signature not in self._explainers:
             inputs = dict(inputs)
             inputs[pre.output] = self._preprocessors[signature](inputs.pop(pre.input))
         return inputs
@@ -83,6 +114,9 @@ class OnnxBackend:
         self, signature: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
         binding = self._bindings[signature]
+        if signature in self._explainers:
+            results = self._explainers[signature](inputs)
+            return {name: results[name] for name in (outputs or binding.outputs)}
         session = self._sessions[binding.onnx.file]
         feed = {binding.onnx.inputs[name]: value for name, value in inputs.items()}
         wanted = list(outputs) if outputs is not None else list(binding.onnx.outputs)
