@@ -69,6 +69,17 @@ class MonitoringConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """PEM-encoded server key and certificate; with `client_verify`, clients must present a cert
+    signed by `custom_ca` (mutual TLS)."""
+
+    server_key: bytes
+    server_cert: bytes
+    custom_ca: bytes | None = None
+    client_verify: bool = False
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     models: tuple[ModelConfig, ...]
     host: str = "0.0.0.0"
@@ -85,6 +96,8 @@ class ServerConfig:
     drain_seconds: float = 10.0
     request_timeout_seconds: float = 30.0
     model_config_file: Path | None = None
+    tls: TlsConfig | None = None
+    grpc_channel_arguments: tuple[tuple[str, int | str], ...] = ()
 
 
 def parse_model_config_text(text: str, relative_to: Path | None = None) -> tuple[ModelConfig, ...]:
@@ -181,6 +194,36 @@ def parse_monitoring_text(text: str) -> MonitoringConfig:
     return MonitoringConfig(enable=prometheus.enable, path=path)
 
 
+def parse_ssl_text(text: str) -> TlsConfig:
+    message = config_pb2.SSLConfig()
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as exc:
+        raise ConfigError(f"ssl config: {exc}") from exc
+    if not message.server_key or not message.server_cert:
+        raise ConfigError("ssl config: server_key and server_cert (PEM contents) are both required")
+    if message.client_verify and not message.custom_ca:
+        raise ConfigError("ssl config: client_verify needs custom_ca to verify clients against")
+    return TlsConfig(
+        server_key=message.server_key.encode(),
+        server_cert=message.server_cert.encode(),
+        custom_ca=message.custom_ca.encode() or None,
+        client_verify=message.client_verify,
+    )
+
+
+def parse_channel_arguments(text: str) -> tuple[tuple[str, int | str], ...]:
+    """TF Serving's `--grpc_channel_arguments`: `key=value,key=value`; integer values stay integers."""
+    arguments: list[tuple[str, int | str]] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--grpc_channel_arguments: expected key=value, got {item!r}")
+        value = value.strip()
+        arguments.append((key.strip(), int(value) if value.lstrip("-").isdigit() else value))
+    return tuple(arguments)
+
+
 def _bool(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -231,6 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--monitoring_config_file",
         default=None,
         help="TF Serving MonitoringConfig text file (Prometheus path)",
+    )
+    add(
+        "--ssl_config_file",
+        default=None,
+        help="TF Serving SSLConfig text file: serve gRPC over TLS (mutual TLS with client_verify)",
+    )
+    add(
+        "--grpc_channel_arguments",
+        default="",
+        help="extra gRPC server arguments, e.g. grpc.max_connection_age_ms=300000",
     )
     add(
         "--grpc_max_message_bytes",
@@ -308,6 +361,10 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         drain_seconds=args.drain_seconds,
         request_timeout_seconds=args.request_timeout_seconds,
         model_config_file=config_file,
+        tls=parse_ssl_text(_read(Path(args.ssl_config_file), "--ssl_config_file"))
+        if args.ssl_config_file
+        else None,
+        grpc_channel_arguments=parse_channel_arguments(args.grpc_channel_arguments),
     )
 
 

@@ -91,10 +91,16 @@ async def start(config: ServerConfig) -> RunningServer:
     )
 
     grpc_server, grpc_port, health_servicer = create_server(
-        dataplane, repository, metrics, f"{config.host}:{config.port}", config.grpc_max_message_bytes
+        dataplane,
+        repository,
+        metrics,
+        f"{config.host}:{config.port}",
+        config.grpc_max_message_bytes,
+        config.tls,
+        config.grpc_channel_arguments,
     )
     await grpc_server.start()
-    log.info("gRPC listening on %s:%d", config.host, grpc_port)
+    log.info("gRPC listening on %s:%d%s", config.host, grpc_port, " (TLS)" if config.tls else "")
 
     runner, rest_port = None, -1
     if config.rest_api_port >= 0:

@@ -8,7 +8,7 @@ a generic message and a logged traceback, so a malformed request never takes the
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from serving import codec
+from serving.config import TlsConfig
 from serving.dataplane import DataPlane
 from serving.errors import InvalidArgument, ServingError, Unimplemented
 from serving.metrics import Metrics
@@ -195,12 +196,15 @@ def create_server(
     metrics: Metrics,
     address: str,
     max_message_bytes: int,
+    tls: TlsConfig | None = None,
+    channel_arguments: Sequence[tuple[str, int | str]] = (),
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Build (not start) the gRPC server; returns it, the bound port and the health servicer."""
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
+        *channel_arguments,
     ]
     server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
     apis_pb2_grpc.add_PredictionServiceServicer_to_server(
@@ -210,7 +214,15 @@ def create_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(SERVICE_NAMES, server)
-    port = server.add_insecure_port(address)
+    if tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        credentials = grpc.ssl_server_credentials(
+            [(tls.server_key, tls.server_cert)],
+            root_certificates=tls.custom_ca,
+            require_client_auth=tls.client_verify,
+        )
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot bind gRPC to {address}")
     return server, port, health_servicer
