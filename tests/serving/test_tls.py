@@ -9,10 +9,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import text_format
 
 from serving import codec
 from serving.config import ConfigError, parse_channel_arguments, parse_ssl_text
-from serving.proto import apis_pb2, apis_pb2_grpc
+from serving.proto import apis_pb2, apis_pb2_grpc, config_pb2
 from tests.serving.fixtures import start_server, write_tiny_version
 
 pytestmark = pytest.mark.slow
@@ -76,9 +77,9 @@ def test_predict_over_tls(tmp_path: Path) -> None:
     ca, key, cert = make_certificates(tmp_path)
     ssl_config = tmp_path / "ssl.config"
     ssl_config.write_text(
-        f'server_key: "{key.read_text()}"\nserver_cert: "{cert.read_text()}"\n'.replace(
-            "\n-", "\\n-"
-        ).replace("-\n", "-\\n")
+        text_format.MessageToString(
+            config_pb2.SSLConfig(server_key=key.read_text(), server_cert=cert.read_text())
+        )
     )
     base = tmp_path / "models" / "tiny"
     write_tiny_version(base, 1)
