@@ -58,6 +58,7 @@ CONTRACT_FLAGS = {
     "onnx_providers",
     "drain_seconds",
     "tensorflow_intra_op_parallelism",
+    "grpc_channel_arguments",  # tensorflow_model_server's own flag
 }
 # tensorflow_model_server flags the tfserving overlay may use (from TF Serving's main.cc).
 TF_SERVING_FLAGS = {
