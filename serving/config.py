@@ -97,6 +97,7 @@ class ServerConfig:
     request_timeout_seconds: float = 30.0
     model_config_file: Path | None = None
     tls: TlsConfig | None = None
+    inline_engine_micros: float = 200.0
     grpc_channel_arguments: tuple[tuple[str, int | str], ...] = ()
 
 
@@ -310,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="ops run in parallel (0: engine default)",
     )
     add(
+        "--inline_engine_micros",
+        type=float,
+        default=200.0,
+        help="engine calls faster than this (moving average) run on the event loop, not a worker thread; 0 disables",
+    )
+    add(
         "--drain_seconds", type=float, default=10.0, help="on SIGTERM, how long in-flight requests may finish"
     )
     add("--request_timeout_seconds", type=float, default=30.0, help="server-side limit on one request")
@@ -365,6 +372,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         if args.ssl_config_file
         else None,
         grpc_channel_arguments=parse_channel_arguments(args.grpc_channel_arguments),
+        inline_engine_micros=args.inline_engine_micros,
     )
 
 

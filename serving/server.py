@@ -87,7 +87,12 @@ async def start(config: ServerConfig) -> RunningServer:
 
     repository.on_change = on_change
     dataplane = DataPlane(
-        repository, metrics, executor, config.batching, max_tensor_bytes=config.grpc_max_message_bytes
+        repository,
+        metrics,
+        executor,
+        config.batching,
+        max_tensor_bytes=config.grpc_max_message_bytes,
+        inline_engine_seconds=config.inline_engine_micros / 1e6,
     )
 
     grpc_server, grpc_port, health_servicer = create_server(
