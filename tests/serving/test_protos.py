@@ -103,11 +103,12 @@ def _ours() -> tuple[dict[str, Descriptor], dict[str, EnumDescriptor]]:
     return messages, enums
 
 
-# Messages where our copy is deliberately a subset (fields we never send or read).
+# Config messages only ever read as text files (the official ones are not in the pip package).
 TEXT_FORMAT_ONLY = {
     "tensorflow.serving.BatchingParameters",
     "tensorflow.serving.PrometheusConfig",
     "tensorflow.serving.MonitoringConfig",
+    "tensorflow.serving.SSLConfig",
 }
 
 
