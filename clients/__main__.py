@@ -1,0 +1,426 @@
+"""`python -m clients` / `ml-client`: predict, explain, metadata and status from the command line.
+
+    ml-client predict --model digits seven.png --top 3
+    ml-client predict --model catdog photo.jpg             # sends the JPEG bytes (predict_image_bytes)
+    ml-client predict --model sentiment "a gripping, funny film"
+    ml-client explain --model catdog photo.jpg -o overlay.png [--raw heatmap.npy]
+    ml-client --rest --url http://localhost:8501 status --model digits
+
+Nothing is hard-coded per model: the CLI reads the signature's inputs from GetModelMetadata and sends
+file bytes (a `*_bytes` string input), text (another string input) or a decoded image (a float
+[N,H,W,C] input). Class names come from the server's Classify. Every failure ends with one line on
+stderr and a non-zero exit: 1 when the server or the connection failed, 2 for bad flags or files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clients.base import DEFAULT_TIMEOUT_S, Client
+from clients.errors import ClientError
+from clients.images import ImageLoadError, Invert, load_image_tensor, load_photo, read_bytes
+from clients.overlay import enlarge, overlay, save_png
+
+PROG = "ml-client"
+DEFAULT_SIGNATURE = "serving_default"
+EXPLAIN_SIGNATURE = "explain"
+# Server-side failures that mean "Classify is not offered here" (REST reports FAILED_PRECONDITION as 400).
+_NO_CLASSIFY = ("FAILED_PRECONDITION", "UNIMPLEMENTED", "INVALID_ARGUMENT")
+
+
+class UsageError(Exception):
+    """A flag, file or input the CLI cannot use (exit status 2)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """What goes over the wire for one command: the signature and its one input, N rows."""
+
+    signature: str
+    inputs: dict[str, np.ndarray]
+    sources: list[str]  # one display name per row (file name or text)
+
+
+# -- flags ---------------------------------------------------------------------------------------
+
+
+def _connection_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """Flags accepted before and after the command; after it, only what is given overrides."""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    group = parser.add_argument_group("connection")
+    group.add_argument(
+        "--target",
+        default=default("localhost:8500"),
+        help="gRPC target (default localhost:8500; dns:///host:port balances over every address)",
+    )
+    group.add_argument(
+        "--rest",
+        action="store_true",
+        default=default(False),
+        help="use the REST API at --url instead of gRPC",
+    )
+    group.add_argument(
+        "--url",
+        default=default("http://localhost:8501"),
+        help="REST base URL (default http://localhost:8501)",
+    )
+    group.add_argument(
+        "--tls",
+        action="store_true",
+        default=default(False),
+        help="gRPC over TLS (REST: use an https:// --url)",
+    )
+    group.add_argument(
+        "--ca",
+        type=Path,
+        default=default(None),
+        help="PEM file of the CA that signed the server's certificate",
+    )
+    group.add_argument(
+        "--timeout", type=float, default=default(DEFAULT_TIMEOUT_S), help="seconds per call (default 30)"
+    )
+    version = group.add_mutually_exclusive_group()
+    version.add_argument(
+        "--version", type=int, default=default(None), help="model version (default: the newest served)"
+    )
+    version.add_argument("--label", default=default(None), help="model version label, e.g. stable or canary")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Call the model server over gRPC (default) or REST."
+    )
+    _connection_flags(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--model", required=True, help="model name, e.g. digits, catdog, sentiment")
+        _connection_flags(sub, suppress=True)
+        return sub
+
+    predict = command("predict", "classify images (PNG/JPEG/.npy files) or texts")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, or texts for a text model")
+    predict.add_argument("--signature", help="signature to call (default: chosen from the model's metadata)")
+    predict.add_argument(
+        "--top", type=_non_negative, default=3, help="classes to print per input (0: all; default 3)"
+    )
+    predict.add_argument(
+        "--invert",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="invert grayscale images (auto: when the background is light, as MNIST digits are light on dark)",
+    )
+
+    explain = command("explain", "explain one prediction: Grad-CAM overlay PNG, or token importance for text")
+    explain.add_argument("input", metavar="INPUT", help="an image file, or a text for a text model")
+    explain.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("overlay.png"),
+        help="overlay PNG to write for image models (default overlay.png)",
+    )
+    explain.add_argument("--raw", type=Path, help="also save the raw heatmap (or token importance) as .npy")
+    explain.add_argument("--signature", default=EXPLAIN_SIGNATURE, help="signature to call (default explain)")
+    explain.add_argument(
+        "--invert",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="invert grayscale images (see predict)",
+    )
+
+    command("metadata", "print the model's signatures as JSON")
+    command("status", "print the state of each version of the model")
+    return parser
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def make_client(args: argparse.Namespace) -> Client:
+    if args.rest:
+        from clients.rest_client import RestClient
+
+        if args.tls and not args.url.startswith("https://"):
+            raise UsageError(f"--tls with --rest needs an https:// --url, got {args.url}")
+        return RestClient(args.url, timeout=args.timeout, root_certificates=args.ca)
+    from clients.grpc_client import GrpcClient
+
+    return GrpcClient(args.target, tls=args.tls, root_certificates=args.ca, timeout=args.timeout)
+
+
+# -- deciding what to send -----------------------------------------------------------------------
+
+
+def _only_input(name: str, signature: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]]:
+    inputs = signature["inputs"]
+    if len(inputs) != 1:
+        raise UsageError(
+            f"signature '{name}' takes {len(inputs)} inputs {sorted(inputs)}; the CLI sends one (use the Python library)"
+        )
+    ((input_name, spec),) = inputs.items()
+    return input_name, spec
+
+
+def _is_bytes_input(name: str, spec: Mapping[str, Any]) -> bool:
+    return bool(spec["dtype"] == "string" and name.endswith("bytes"))
+
+
+def _takes_bytes(signature: Mapping[str, Any]) -> bool:
+    return any(_is_bytes_input(n, s) for n, s in signature["inputs"].items())
+
+
+def _looks_like_image_file(value: str) -> bool:
+    path = Path(value)
+    return path.suffix.lower() != ".npy" and path.is_file()
+
+
+def choose_predict_signature(signatures: Mapping[str, Mapping[str, Any]], values: Sequence[str]) -> str:
+    """serving_default, unless it takes a decoded image and another predict signature takes the file bytes."""
+    default = signatures.get(DEFAULT_SIGNATURE)
+    if default is not None and any(s["dtype"] == "string" for s in default["inputs"].values()):
+        return DEFAULT_SIGNATURE
+    if all(_looks_like_image_file(v) for v in values):
+        for name, signature in sorted(signatures.items()):
+            if name != EXPLAIN_SIGNATURE and len(signature["inputs"]) == 1 and _takes_bytes(signature):
+                return name
+    if default is None:
+        raise UsageError(
+            f"the model has no '{DEFAULT_SIGNATURE}' signature; pick one of {sorted(signatures)} with --signature"
+        )
+    return DEFAULT_SIGNATURE
+
+
+def build_request(
+    signatures: Mapping[str, Mapping[str, Any]],
+    signature_name: str,
+    values: Sequence[str],
+    *,
+    invert: Invert = "auto",
+    prefer_bytes: bool = False,
+) -> Request:
+    """The tensors for `values` (files or texts) as the signature's one input asks for them.
+
+    `prefer_bytes`: send a float `image` input as `image_bytes` (the server decodes it) when the
+    model takes image bytes in some signature; explain uses it, so catdog's photo is not resized here.
+    """
+    if signature_name not in signatures:
+        raise UsageError(f"the model has no signature '{signature_name}'; it has {sorted(signatures)}")
+    input_name, spec = _only_input(signature_name, signatures[signature_name])
+    sources = [
+        Path(v).name if spec["dtype"] != "string" or input_name.endswith("bytes") else v for v in values
+    ]
+    if spec["dtype"] == "string":
+        strings = np.empty(len(values), dtype=object)  # [N]
+        if _is_bytes_input(input_name, spec):
+            strings[:] = [_read_file(v) for v in values]
+        else:
+            strings[:] = [v.encode("utf-8") for v in values]
+        return Request(signature_name, {input_name: strings}, sources)
+    shape = spec["shape"]
+    model_takes_bytes = any(_takes_bytes(s) for s in signatures.values())
+    if (
+        prefer_bytes
+        and model_takes_bytes
+        and input_name == "image"
+        and all(_looks_like_image_file(v) for v in values)
+    ):
+        blobs = np.empty(len(values), dtype=object)  # [N] encoded images
+        blobs[:] = [_read_file(v) for v in values]
+        return Request(signature_name, {"image_bytes": blobs}, sources)
+    if len(shape) == 4 and all(d > 0 for d in shape[1:]):
+        height, width, channels = shape[1:]
+        batches = [
+            load_image_tensor(v, height, width, channels, invert=invert) for v in values
+        ]  # [n,H,W,C] each
+        images = np.concatenate(batches).astype(np.dtype(spec["dtype"]))  # [N,H,W,C]
+        return Request(signature_name, {input_name: images}, _row_sources(sources, batches))
+    arrays = [_load_npy_input(v) for v in values]
+    return Request(
+        signature_name,
+        {input_name: np.concatenate(arrays).astype(np.dtype(spec["dtype"]))},
+        _row_sources(sources, arrays),
+    )
+
+
+def _row_sources(sources: Sequence[str], batches: Sequence[np.ndarray]) -> list[str]:
+    names = []
+    for source, batch in zip(sources, batches, strict=True):
+        names += [source] if len(batch) == 1 else [f"{source}[{i}]" for i in range(len(batch))]
+    return names
+
+
+def _read_file(value: str) -> bytes:
+    try:
+        return read_bytes(value)
+    except ImageLoadError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _load_npy_input(value: str) -> np.ndarray:
+    if Path(value).suffix.lower() != ".npy":
+        raise UsageError(f"{value}: this signature's input has no fixed image shape; give a .npy array")
+    try:
+        array = np.load(value, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {value}: {exc}") from exc
+    return np.asarray(array)[None] if np.ndim(array) == 0 else np.asarray(array)
+
+
+# -- calls and printing --------------------------------------------------------------------------
+
+
+def classes_of(client: Client, args: argparse.Namespace, request: Request) -> list[list[tuple[str, float]]]:
+    """(label, score) per class per row, through Classify; by class index when the model has no labels."""
+    ((name, values),) = request.inputs.items()
+    examples = [{name: row} for row in values]
+    try:
+        return client.classify(
+            args.model, examples, signature=request.signature, version=args.version, label=args.label
+        )
+    except ClientError as exc:
+        if exc.code not in _NO_CLASSIFY:
+            raise
+    outputs = client.predict(
+        args.model,
+        request.inputs,
+        signature=request.signature,
+        version=args.version,
+        label=args.label,
+        output_filter=["probabilities"],
+    )
+    return [[(str(i), float(p)) for i, p in enumerate(row)] for row in outputs["probabilities"]]
+
+
+def format_classes(classes: Sequence[tuple[str, float]], top: int) -> list[str]:
+    ranked = sorted(classes, key=lambda item: -item[1])
+    width = max((len(label) for label, _ in ranked), default=0)
+    return [f"  {label:<{width}}  {score:.4f}" for label, score in (ranked[:top] if top else ranked)]
+
+
+def format_tokens(tokens: np.ndarray, importance: np.ndarray) -> list[str]:
+    """One line per real token (padding "" left out): the token, its importance and a bar."""
+    pairs = [
+        (t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t), float(s))
+        for t, s in zip(tokens.reshape(-1), importance.reshape(-1), strict=True)
+    ]
+    pairs = [(t, s) for t, s in pairs if t]
+    if not pairs:
+        return ["  (no tokens)"]
+    width = max(len(t) for t, _ in pairs)
+    scale = max(abs(s) for _, s in pairs) or 1.0
+    return [
+        f"  {t:<{width}}  {s:+.4f}  {('+' if s >= 0 else '-') * round(20 * abs(s) / scale)}" for t, s in pairs
+    ]
+
+
+def run_predict(client: Client, args: argparse.Namespace) -> None:
+    signatures = client.metadata(args.model, args.version, args.label)["signatures"]
+    name = args.signature or choose_predict_signature(signatures, args.inputs)
+    request = build_request(signatures, name, args.inputs, invert=args.invert)
+    if name in signatures and "probabilities" in signatures[name]["outputs"]:
+        for source, classes in zip(request.sources, classes_of(client, args, request), strict=True):
+            print(source)
+            print("\n".join(format_classes(classes, args.top)))
+        return
+    outputs = client.predict(
+        args.model, request.inputs, signature=name, version=args.version, label=args.label
+    )
+    for row, source in enumerate(request.sources):
+        print(source)
+        for key, value in outputs.items():
+            print(f"  {key}: {np.array2string(value[row], precision=4, threshold=20)}")
+
+
+def run_explain(client: Client, args: argparse.Namespace) -> None:
+    signatures = client.metadata(args.model, args.version, args.label)["signatures"]
+    request = build_request(signatures, args.signature, [args.input], invert=args.invert, prefer_bytes=True)
+    outputs = client.predict(
+        args.model, request.inputs, signature=request.signature, version=args.version, label=args.label
+    )
+    if "probabilities" in outputs:
+        label, score = max(classes_of(client, args, request)[0], key=lambda item: item[1])
+        print(f"{request.sources[0]}: {label} ({score:.4f})")
+    if "heatmap" in outputs:
+        heatmap = outputs["heatmap"][0]  # [h, w] in 0..1
+        try:
+            photo = enlarge(load_photo(args.input))  # uint8 [H, W, 3]
+        except ImageLoadError as exc:
+            raise UsageError(str(exc)) from exc
+        _write(args.output, lambda path: save_png(overlay(photo, heatmap), path))
+        print(f"heatmap {heatmap.shape[0]}x{heatmap.shape[1]} over the image: wrote {args.output}")
+        raw = heatmap
+    elif "tokens" in outputs and "importance" in outputs:
+        print("token importance (+: towards the predicted class)")
+        print("\n".join(format_tokens(outputs["tokens"][0], outputs["importance"][0])))
+        raw = outputs["importance"][0]
+    else:
+        raise UsageError(
+            f"signature '{request.signature}' returned {sorted(outputs)}: no heatmap or token importance to show"
+        )
+    if args.raw is not None:
+        _write(args.raw, lambda path: np.save(path, np.asarray(raw, dtype=np.float32)))
+        print(f"wrote {args.raw}")
+
+
+def _write(path: Path, writer: Any) -> None:
+    try:
+        writer(path)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def run_metadata(client: Client, args: argparse.Namespace) -> None:
+    print(json.dumps(client.metadata(args.model, args.version, args.label), indent=2))
+
+
+def run_status(client: Client, args: argparse.Namespace) -> None:
+    for entry in client.status(args.model, args.version, args.label):
+        line = f"{args.model} version {entry.version}: {entry.state}"
+        print(line + (f" ({entry.error})" if entry.error else ""))
+
+
+COMMANDS = {"predict": run_predict, "explain": run_explain, "metadata": run_metadata, "status": run_status}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version is not None and args.label is not None:
+        parser.error("give --version or --label, not both")
+    if args.timeout <= 0:
+        parser.error(f"--timeout must be positive, got {args.timeout:g}")
+    try:
+        with make_client(args) as client:
+            COMMANDS[args.command](client, args)
+    except ClientError as exc:
+        status = f" (HTTP {exc.http_status})" if exc.http_status is not None and args.rest else ""
+        print(f"{PROG}: {exc.code}{status}: {exc.message}", file=sys.stderr)
+        return 1
+    except (UsageError, ImageLoadError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

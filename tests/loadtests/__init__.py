@@ -1,0 +1,1 @@
+"""Tests of the load-test workload, shapes and run driver."""
