@@ -16,7 +16,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from PIL import Image
 
+from clients import GrpcClient, RestClient
 from serving import codec
 from serving.proto import apis_pb2, apis_pb2_grpc
 from tests.serving.fixtures import REPO_ROOT, ServerProcess, start_server
@@ -46,12 +48,22 @@ def onnx_server(digits_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
     assert server.stop() == 0, server.log()
 
 
-def test_our_stubs_official_stubs_and_rest_agree(
+def test_our_clients_official_stubs_and_rest_agree(
     onnx_server: ServerProcess, digits_test_images: tuple[np.ndarray, np.ndarray], tmp_path: Path
 ) -> None:
     images = digits_test_images[0].astype(np.float32)
     ours, version = predict(onnx_server.grpc_target, images)
     assert version == 1 and ours["probabilities"].shape == (len(images), 10)
+    with GrpcClient(onnx_server.grpc_target) as grpc_client:
+        np.testing.assert_array_equal(
+            grpc_client.predict("digits", {"image": images})["probabilities"], ours["probabilities"]
+        )
+    with RestClient(onnx_server.rest_url) as rest_client:
+        np.testing.assert_allclose(
+            rest_client.predict("digits", {"image": images})["probabilities"],
+            ours["probabilities"],
+            atol=1e-6,
+        )
     np.testing.assert_allclose(ours["probabilities"].sum(axis=1), 1.0, atol=1e-5)
 
     np.save(tmp_path / "images.npy", images)
@@ -86,6 +98,41 @@ def test_our_stubs_official_stubs_and_rest_agree(
     np.testing.assert_allclose(rest, ours["probabilities"], atol=1e-6)
 
 
+def test_ml_client_predicts_a_digit_from_a_png(
+    onnx_server: ServerProcess, digits_test_images: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    """What a new user does after `make up`: a PNG of a handwritten digit in, the digit out."""
+    images, labels = digits_test_images
+    answers, _ = predict(onnx_server.grpc_target, images.astype(np.float32))
+    right = np.flatnonzero(answers["probabilities"].argmax(axis=1) == labels)
+    assert right.size, "the tiny model got no test digit right"
+    index = int(right[0])
+    png = tmp_path / "digit.png"
+    Image.fromarray(images[index, :, :, 0]).resize((140, 140)).save(png)  # larger, as a scan would be
+    for transport in (["--target", onnx_server.grpc_target], ["--rest", "--url", onnx_server.rest_url]):
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "clients",
+                *transport,
+                "predict",
+                "--model",
+                "digits",
+                str(png),
+                "--top",
+                "1",
+            ],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        top = result.stdout.strip().splitlines()[-1].split()
+        assert top[0] == str(labels[index]), result.stdout
+
+
 def test_our_client_against_tf_serving_message_classes(
     onnx_server: ServerProcess,
     digits_model_dir: Path,
@@ -102,8 +149,8 @@ def test_our_client_against_tf_serving_message_classes(
             assert process.poll() is None, "the official-stubs server died"
             time.sleep(0.1)
         images = digits_test_images[0].astype(np.float32)
-        tf_answer, version = predict(f"127.0.0.1:{port_file.read_text()}", images)
-        assert version == 1
+        with GrpcClient(f"127.0.0.1:{port_file.read_text()}") as client:
+            tf_answer = client.predict("digits", {"image": images})
         onnx_answer, _ = predict(onnx_server.grpc_target, images)
         np.testing.assert_allclose(tf_answer["probabilities"], onnx_answer["probabilities"], atol=1e-5)
         tf_explain, _ = predict(f"127.0.0.1:{port_file.read_text()}", images, "explain")
