@@ -14,6 +14,10 @@ and checked against TensorFlow 2.21 by tests/serving/test_text_tokenizer.py):
   The regex class holds exactly the 32 ASCII punctuation characters (`string.punctuation`); since an
   ASCII byte is never part of a multi-byte UTF-8 sequence, and RE2 steps over invalid bytes one at a
   time, the replacement is a byte-wise deletion of those 32 bytes, also on invalid UTF-8.
+* `standardize="lower_and_space_punctuation"` (this project's variant, a Keras callable in
+  `training/sentiment.py`): the same lowercasing, then each of the 32 punctuation bytes becomes a
+  space instead of vanishing ("three-hour" -> "three hour", "it's" -> "it s" rather than "threehour",
+  "its"), which keeps more words known to the vocabulary and to GloVe.
 * `split="whitespace"` is `tf.strings.split(x)`: split on runs of the six ASCII whitespace bytes
   `b" \\t\\n\\v\\f\\r"`, dropping empty pieces. Unicode spaces (U+00A0, U+3000, ...) and the
   separators U+001C..U+001F do not split: they stay inside tokens, as in TensorFlow.
@@ -53,6 +57,7 @@ OOV_TOKEN = "[UNK]"
 PAD_ID = 0
 OOV_ID = 1
 STANDARDIZE = "lower_and_strip_punctuation"
+SPACE_PUNCTUATION = "lower_and_space_punctuation"
 SPLIT = "whitespace"
 DEFAULT_MAX_TEXT_BYTES = 1 << 20  # 1 MiB
 
@@ -60,6 +65,15 @@ DEFAULT_MAX_TEXT_BYTES = 1 << 20  # 1 MiB
 _ASCII_LOWER = bytes.maketrans(string.ascii_uppercase.encode(), string.ascii_lowercase.encode())
 # The 32 bytes Keras's punctuation regex removes (== string.punctuation).
 _PUNCTUATION = string.punctuation.encode("ascii")
+# lower_and_space_punctuation: ASCII lowercasing and each punctuation byte -> b" " in one table.
+_ASCII_LOWER_PUNCTUATION_TO_SPACE = bytes(
+    0x20 if byte in _PUNCTUATION else _ASCII_LOWER[byte] for byte in range(256)
+)
+# standardize name -> (bytes.translate table, bytes to delete)
+_STANDARDIZERS: dict[str, tuple[bytes, bytes]] = {
+    STANDARDIZE: (_ASCII_LOWER, _PUNCTUATION),
+    SPACE_PUNCTUATION: (_ASCII_LOWER_PUNCTUATION_TO_SPACE, b""),
+}
 # bytes.split() with no argument splits on exactly b" \t\n\v\f\r", like tf.strings.split.
 
 
@@ -88,14 +102,18 @@ def write_vocabulary(path: Path, vocabulary: Sequence[str]) -> Path:
 
 @dataclass(frozen=True)
 class Tokenizer:
-    """`TextVectorization(standardize="lower_and_strip_punctuation", split="whitespace",
-    output_mode="int", output_sequence_length=sequence_length)` without TensorFlow."""
+    """`TextVectorization(standardize=..., split="whitespace", output_mode="int",
+    output_sequence_length=sequence_length)` without TensorFlow, for the two standardizations above."""
 
     vocabulary: tuple[str, ...]
     sequence_length: int
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+    standardize: str = STANDARDIZE
 
     def __post_init__(self) -> None:
+        if self.standardize not in _STANDARDIZERS:
+            raise ValueError(f"unsupported standardize {self.standardize!r}; known: {sorted(_STANDARDIZERS)}")
+        object.__setattr__(self, "_table", _STANDARDIZERS[self.standardize])
         if self.sequence_length < 1:
             raise ValueError(f"sequence_length must be positive, got {self.sequence_length}")
         if len(self.vocabulary) < 2 or self.vocabulary[:2] != (PAD_TOKEN, OOV_TOKEN):
@@ -110,10 +128,10 @@ class Tokenizer:
         """Build from a manifest's `preprocess.params` (`kind: "text"`); paths relative to the version."""
         standardize = params.get("standardize", STANDARDIZE)
         split = params.get("split", SPLIT)
-        if standardize != STANDARDIZE or split != SPLIT:
+        if standardize not in _STANDARDIZERS or split != SPLIT:
             raise ValueError(
                 f"unsupported text preprocessing standardize={standardize!r} split={split!r}; "
-                f"this tokenizer reproduces only {STANDARDIZE!r} + {SPLIT!r}"
+                f"this tokenizer reproduces {sorted(_STANDARDIZERS)} + {SPLIT!r}"
             )
         if int(params.get("ngrams") or 1) != 1:
             raise ValueError("n-gram vectorization is not supported (n-grams are built inside the model)")
@@ -125,6 +143,7 @@ class Tokenizer:
             vocabulary=tuple(vocabulary),
             sequence_length=int(params["sequence_length"]),
             max_text_bytes=int(params.get("max_text_bytes", DEFAULT_MAX_TEXT_BYTES)),
+            standardize=str(standardize),
         )
 
     @property
@@ -147,17 +166,18 @@ class Tokenizer:
 
     def tokens(self, text: str | bytes) -> list[bytes]:
         """Standardized, split tokens of one text (all of them, not truncated)."""
-        raw = self._as_bytes(text)
-        return raw.translate(_ASCII_LOWER, _PUNCTUATION).split()
+        table, delete = self._table  # type: ignore[attr-defined]
+        return self._as_bytes(text).translate(table, delete).split()
 
     def encode(self, texts: Sequence[str | bytes] | np.ndarray) -> np.ndarray:
         """Token ids int64 [N, sequence_length] of N texts (str, or bytes as sent on the wire)."""
         length = self.sequence_length
         ids: dict[bytes, int] = self._ids  # type: ignore[attr-defined]
         items = list(np.asarray(texts, dtype=object).reshape(-1)) if isinstance(texts, np.ndarray) else texts
+        table, delete = self._table  # type: ignore[attr-defined]
         out = np.zeros((len(items), length), dtype=np.int64)  # [N, L], 0 = padding
         for row, text in enumerate(items):
-            raw = self._as_bytes(text).translate(_ASCII_LOWER, _PUNCTUATION)
+            raw = self._as_bytes(text).translate(table, delete)
             # maxsplit=L: the first L pieces are exactly the first L tokens; the rest is never split.
             pieces = raw.split(None, length)[:length]
             out[row, : len(pieces)] = [ids.get(piece, OOV_ID) for piece in pieces]

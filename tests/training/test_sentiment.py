@@ -1,0 +1,256 @@
+"""training/datasets/sentiment.py and training/sentiment.py: loaders, the fixed split, the in-graph
+2-gram hashing, and tiny end-to-end trainings (seconds) on generated reviews."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.common import MissingDataError, resolve_data_dir
+from training.datasets import sentiment as data
+
+POSITIVE = ["great", "wonderful", "moving", "funny", "brilliant", "charming"]
+NEGATIVE = ["dull", "awful", "boring", "lifeless", "tedious", "mess"]
+FILLER = ["the", "film", "a", "story", "it", "is", "and", "of", "movie", "cast"]
+
+
+def synthetic_reviews(count: int, seed: int) -> tuple[list[str], list[int]]:
+    """Short reviews whose label is carried by one or two sentiment words among filler."""
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for _ in range(count):
+        label = int(rng.integers(2))
+        words = list(rng.choice(FILLER, size=int(rng.integers(3, 9))))
+        for _ in range(int(rng.integers(1, 3))):
+            words.insert(int(rng.integers(len(words) + 1)), str(rng.choice(POSITIVE if label else NEGATIVE)))
+        text = " ".join(words)
+        texts.append(text.capitalize() + ("!" if rng.random() < 0.5 else "."))
+        labels.append(label)
+    return texts, labels
+
+
+def write_csv(path: Path, texts: list[str], labels: list[int], delimiter: str = ",") -> Path:
+    import csv
+
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, delimiter=delimiter)
+        writer.writerow(["text", "label"])
+        writer.writerows(zip(texts, labels, strict=True))
+    return path
+
+
+# ------------------------------------------------------------------------------------------- loaders
+
+
+def test_fixed_split_is_seeded_disjoint_and_70_15_15(tmp_path: Path) -> None:
+    texts, labels = synthetic_reviews(200, seed=1)
+    texts = [f"{i} {text}" for i, text in enumerate(texts)]  # unique, to check disjointness
+    path = write_csv(tmp_path / "reviews.csv", texts, labels)
+    first = data.load("local", tmp_path, seed=5, data=path)
+    again = data.load("local", tmp_path, seed=5, data=path)
+    other = data.load("local", tmp_path, seed=6, data=path)
+    assert (len(first.train), len(first.validation), len(first.test)) == (140, 30, 30)
+    assert first.test.texts == again.test.texts and first.test.texts != other.test.texts
+    parts = [set(first.train.texts), set(first.validation.texts), set(first.test.texts)]
+    assert set.union(*parts) == set(texts) and sum(map(len, parts)) == len(texts)
+    summary = first.summary()
+    assert summary["test"]["n"] == 30 and 0.0 < summary["test"]["positive_fraction"] < 1.0  # type: ignore[index]
+
+
+def test_tsv_and_label_words(tmp_path: Path) -> None:
+    path = tmp_path / "reviews.tsv"
+    path.write_text(
+        "label\ttext\npos\tgood, with a comma\nnegative\tbad\nfresh\tfine\n0\tmeh\n", encoding="utf-8"
+    )
+    table = data.read_table(path)
+    assert table.texts == ["good, with a comma", "bad", "fine", "meh"]
+    assert table.labels.tolist() == [1, 0, 1, 0] and table.labels.dtype == np.int64
+    path.write_text("label\ttext\nmaybe\tx\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="maybe"):
+        data.read_table(path)
+    (tmp_path / "no_header.csv").write_text("a,b\n1,2\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="'text' and 'label'"):
+        data.read_table(tmp_path / "no_header.csv")
+
+
+def test_folders_and_acl_imdb_layout(tmp_path: Path) -> None:
+    for split in ("train", "test"):
+        for name, count in (("pos", 10), ("neg", 6)):
+            reviews = tmp_path / "aclImdb" / split / name
+            reviews.mkdir(parents=True)
+            for i in range(count):
+                (reviews / f"{i}_7.txt").write_text(f"{name} review {i} <br />", encoding="utf-8")
+    imdb = data.load("local", tmp_path, seed=0, data=tmp_path / "aclImdb")
+    assert (len(imdb.train), len(imdb.validation), len(imdb.test)) == (13, 3, 16)
+    assert "aclImdb" in imdb.split
+    assert int(imdb.test.labels.sum()) == 10
+    folder = data.load("local", tmp_path, seed=0, data=tmp_path / "aclImdb" / "train")
+    assert len(folder.train) + len(folder.validation) + len(folder.test) == 16
+    with pytest.raises(MissingDataError, match="pos/ and neg/"):
+        data.read_folder(tmp_path)
+
+
+def test_missing_data_says_what_and_where(tmp_path: Path) -> None:
+    with pytest.raises(MissingDataError, match=r"rotten_tomatoes\.csv.*--data"):
+        data.load("auto", tmp_path, seed=0)
+
+
+def test_offline_default_is_the_rotten_tomatoes_split() -> None:
+    path = resolve_data_dir().joinpath(*data.DEFAULT_FILE)
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    rotten = data.load("auto", resolve_data_dir(), seed=1337)
+    assert len(rotten.train) + len(rotten.validation) + len(rotten.test) == 12752
+    assert (len(rotten.train), len(rotten.validation), len(rotten.test)) == (8926, 1913, 1913)
+    assert 0.55 < rotten.test.positive_fraction() < 0.61
+
+
+# ---------------------------------------------------------------------------------------- the models
+
+
+def test_hashed_bigrams_match_a_numpy_reference() -> None:
+    from training.sentiment import HashedBigrams
+
+    vocab, buckets = 50, 97
+    ids = np.array([[2, 3, 4, 0, 0], [1, 7, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=np.int64)  # [3, 5]
+    out = np.asarray(HashedBigrams(vocab, buckets)(ids))  # [3, 9]
+    left, right = ids[:, :-1], ids[:, 1:]
+    expected = np.where((left > 0) & (right > 0), (left * vocab + right) % buckets + vocab, 0)
+    assert out.shape == (3, 9)
+    assert out[:, :5].tolist() == ids.tolist() and out[:, 5:].tolist() == expected.tolist()
+    assert out[0, 5] == (2 * 50 + 3) % 97 + 50 and out[2].sum() == 0
+
+
+def test_tf_idf_pooling_equals_a_dense_layer_on_the_tf_idf_vector() -> None:
+    from training.sentiment import TfIdfPooling, smooth_idf
+
+    rng = np.random.default_rng(0)
+    size = 12
+    ids = rng.integers(0, size, size=(6, 9))  # [6, 9], 0 = padding
+    ids[0] = 0  # an empty text
+    ids[1, 4:] = 0
+    ids[2] = [3, 3, 3, 5, 0, 0, 0, 0, 0]  # repeated token: sublinear tf
+    idf = smooth_idf(ids, size)  # [12]
+    document_frequency = np.array([sum(t in row[row > 0] for row in ids) for t in range(size)])
+    assert np.allclose(idf[1:], np.log((1 + 6) / (1 + document_frequency[1:])) + 1)
+    weights = rng.normal(size=(size, 3)).astype(np.float32)  # the Dense kernel [12, 3]
+    layer = TfIdfPooling(size)
+    layer.set_idf(idf)
+    actual = np.asarray(layer(weights[ids], ids))  # [6, 3]
+    expected = []
+    for row in ids:
+        counts = np.bincount(row[row > 0], minlength=size).astype(np.float64)
+        tf_idf = np.where(counts > 0, (1 + np.log(np.maximum(counts, 1))) * idf, 0.0)  # [12]
+        norm = np.linalg.norm(tf_idf)
+        expected.append((tf_idf / norm if norm else tf_idf) @ weights)
+    assert np.allclose(actual, np.array(expected), atol=1e-5)
+    assert not actual[0].any()
+
+
+def test_empty_text_gives_finite_probabilities() -> None:
+    from training.sentiment import APPROACHES, build_model
+
+    for name in ("bow", "embedding", "conv1d"):
+        model = build_model(replace(APPROACHES[name], bigram_buckets=64), vocab_size=30, sequence_length=8)
+        probabilities = np.asarray(model(np.zeros((2, 8), dtype=np.int64)))  # [2, 2], all padding
+        assert np.all(np.isfinite(probabilities)) and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_greedy_members_adds_only_what_helps() -> None:
+    from training.sentiment import greedy_members
+
+    labels = np.array([1, 1, 0, 0])
+    good = np.array([[0.4, 0.6], [0.4, 0.6], [0.6, 0.4], [0.45, 0.55]])  # 3/4, last one barely wrong
+    complement = np.array([[0.55, 0.45], [0.1, 0.9], [0.9, 0.1], [0.9, 0.1]])  # 3/4, first barely wrong
+    noise = np.full((4, 2), 0.5)
+    chosen = greedy_members({"good": good, "complement": complement, "noise": noise}, labels)
+    assert chosen == ["good", "complement"]  # 4/4 together; the uninformative model is left out
+
+
+@pytest.mark.slow
+def test_tiny_training_all_approaches(tmp_path: Path) -> None:
+    from training import sentiment
+
+    texts, labels = synthetic_reviews(400, seed=3)
+    csv_path = write_csv(tmp_path / "reviews.csv", texts, labels)
+    glove = tmp_path / "glove.tiny.8d.txt"
+    rng = np.random.default_rng(0)
+    glove.write_text(
+        "".join(
+            f"{w} {' '.join(f'{v:.4f}' for v in rng.normal(size=8))}\n" for w in POSITIVE + NEGATIVE + FILLER
+        ),
+        encoding="utf-8",
+    )
+    out = tmp_path / "run"
+    approaches = tuple(
+        replace(sentiment.APPROACHES[name], epochs=6, fine_tune_epochs=2, filters=8, bigram_buckets=256)
+        for name in ("bow", "glove", "conv1d", "ensemble")
+    )
+    config = sentiment.TrainConfig(
+        approaches=approaches,
+        vocab_size=200,
+        sequence_length=16,
+        source="local",
+        data=csv_path,
+        data_dir=tmp_path,
+        glove=glove,
+        out=out,
+        threads=2,
+        verbose=0,
+    )
+    metrics = sentiment.train(config)
+
+    saved = json.loads((out / sentiment.METRICS_FILE).read_text())
+    assert saved["served"] == metrics["served"] and set(saved["approaches"]) == {
+        "bow",
+        "glove",
+        "conv1d",
+        "ensemble",
+    }
+    assert saved["approaches"]["glove"]["glove"]["found"] == len(POSITIVE + NEGATIVE + FILLER)
+    assert saved["approaches"]["glove"]["epochs"] > saved["approaches"]["glove"]["frozen_epochs"]
+    assert saved["approaches"]["bow"]["test_accuracy"] >= 0.9  # the sentiment words decide every review
+    assert saved["approaches"][saved["served"]]["val_accuracy"] == max(
+        entry["val_accuracy"] for entry in saved["approaches"].values()
+    )
+    assert "tfidf_logreg" in saved["references"] and "majority class" in saved["references"]
+    for name in ("bow", "glove", "conv1d", "ensemble"):
+        assert (out / name / sentiment.BEST_MODEL).is_file()
+    assert (out / "bow" / "curves.png").stat().st_size > 1000
+    table = (out / sentiment.RESULTS_FILE).read_text()
+    assert "| `bow`" in table and "tfidf_logreg (reference)" in table and "(served)" in table
+
+    # The vocabulary file is TextVectorization's, index = line number.
+    from serving.text import read_vocabulary
+
+    vocabulary = read_vocabulary(out / sentiment.VOCABULARY_FILE)
+    assert vocabulary[:2] == ["", "[UNK]"] and "great" in vocabulary
+
+    # A second run of one approach keeps the others (same data, same vectorization); repeats train it
+    # again from other initial weights under new names, and the ensemble can pick them.
+    sentiment.train(replace(config, approaches=(approaches[0], approaches[3]), baseline=False, repeats=2))
+    again = json.loads((out / sentiment.METRICS_FILE).read_text())
+    assert set(again["approaches"]) == {"bow", "bow_2", "glove", "conv1d", "ensemble"}
+    assert again["approaches"]["bow_2"]["approach"] == "bow" and again["approaches"]["bow_2"]["repeat"] == 1
+    assert (out / "bow_2" / sentiment.BEST_MODEL).is_file()
+    assert set(again["approaches"]["ensemble"]["members"]) <= {"bow", "bow_2", "glove", "conv1d"}
+
+
+def test_cli_rejects_bad_flags_and_reports_missing_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training import sentiment
+
+    with pytest.raises(SystemExit):
+        sentiment.parse_args(["--approach", "lstm"])
+    config = sentiment.parse_args(["--approach", "bow", "--epochs", "3", "--data-dir", str(tmp_path)])
+    assert [a.name for a in config.approaches] == ["bow"] and config.approaches[0].epochs == 3
+    assert [a.name for a in sentiment.parse_args([]).approaches] == [*sentiment.NEURAL, "ensemble"]
+    assert (
+        sentiment.main(["--approach", "bow", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    )
+    assert "rotten_tomatoes.csv" in capsys.readouterr().err

@@ -1,0 +1,1 @@
+"""Dataset loaders (NumPy only; TensorFlow is imported lazily where a loader needs it)."""
