@@ -123,6 +123,9 @@ class ExportSpec:
     metrics: Mapping[str, Any] = field(default_factory=dict)
     extra_checks: tuple[ExtraCheck, ...] = ()
     opset: int = DEFAULT_OPSET
+    # Signatures that only the ONNX server offers: an explainer around a published ONNX file (e.g.
+    # token occlusion for text), with no SavedModel counterpart. Written to the manifest as given.
+    explainers: Mapping[str, SignatureManifest] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -245,7 +248,12 @@ def check_parity(version_dir: Path, spec: ExportSpec, check: ParityCheck) -> dic
                     raise ParityError(
                         f"{signature.onnx_file}:{name} has shape {actual[name].shape}, the SavedModel {reference.shape}"
                     )
-                worst[name] = max(worst[name], float(np.max(np.abs(actual[name] - reference), initial=0.0)))
+                difference = np.abs(actual[name] - reference)
+                # NaN anywhere fails the check: Python's max() would silently skip it.
+                largest = (
+                    float(np.max(difference, initial=0.0)) if np.isfinite(difference).all() else float("inf")
+                )
+                worst[name] = max(worst[name], largest)
             for name in check.argmax:
                 reference_classes = expected[name].numpy().argmax(axis=-1)
                 disagreements[name] += int(np.sum(actual[name].argmax(axis=-1) != reference_classes))
@@ -326,7 +334,10 @@ def build_version(spec: ExportSpec, directory: Path, version: int) -> Manifest:
         version=version,
         task=spec.task,
         labels=tuple(spec.labels),
-        signatures={sig.name: signature_manifest(sig, concrete[sig.name]) for sig in spec.signatures},
+        signatures={
+            **{sig.name: signature_manifest(sig, concrete[sig.name]) for sig in spec.signatures},
+            **spec.explainers,
+        },
         producer=producer_versions(spec.opset),
         metrics=dict(spec.metrics),
         parity={"passed": True, "checks": parity, **checks},

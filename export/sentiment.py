@@ -24,16 +24,18 @@ pipeline lazily, inside the functions that build the spec.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from serving.manifest import Manifest, Preprocess
+from serving.manifest import PREDICT_METHOD, Manifest, OnnxBinding, Preprocess, SignatureManifest, TensorSpec
 from serving.text import (
     DEFAULT_MAX_TEXT_BYTES,
     SPLIT,
@@ -157,13 +159,15 @@ def generated_texts(vocabulary: Sequence[str], count: int = GENERATED_TEXTS, see
     return texts
 
 
-def text_params(vocabulary_size: int, sequence_length: int, max_tokens: int) -> dict[str, Any]:
+def text_params(
+    vocabulary_size: int, sequence_length: int, max_tokens: int, standardize: str = STANDARDIZE
+) -> dict[str, Any]:
     """The manifest's `preprocess.params` for `serving.text.Tokenizer.from_params`."""
     return {
         "vocabulary": VOCABULARY_PATH,
         "vocabulary_size": vocabulary_size,
         "sequence_length": sequence_length,
-        "standardize": STANDARDIZE,
+        "standardize": standardize,
         "split": SPLIT,
         "max_tokens": max_tokens,
         "output_mode": "int",
@@ -209,6 +213,7 @@ def build_spec_from(
     metrics: Mapping[str, Any],
     parity_texts: Sequence[bytes],
     generated: int = GENERATED_TEXTS,
+    standardize: str = STANDARDIZE,
 ) -> ExportSpec:
     """The ExportSpec of a token-id model (`token_ids` [N, L] -> `probabilities` [N, 2]) + vocabulary."""
     import tensorflow as tf
@@ -216,13 +221,15 @@ def build_spec_from(
     from export.pipeline import ExportSpec, ExtraCheck, ParityCheck, Signature
     from training.sentiment import INPUT_NAME, LABELS, OUTPUT_NAME, build_vectorizer
 
-    vectorizer = build_vectorizer(max_tokens, sequence_length, vocabulary)
+    vectorizer = build_vectorizer(max_tokens, sequence_length, vocabulary, standardize)
     if list(vectorizer.get_vocabulary()) != list(vocabulary):
         raise ValueError("TextVectorization does not reproduce the training vocabulary")
     staging = Path(tempfile.mkdtemp(prefix="sentiment-vocab-"))
     vocabulary_file = write_vocabulary(staging / VOCABULARY_ASSET, vocabulary)
     module = export_module(model, vectorizer, vocabulary_file)
-    params = text_params(len(vocabulary), sequence_length, max_tokens)
+    # The asset must exist until tf.saved_model.save copies it; remove it once the module is gone.
+    weakref.finalize(module, shutil.rmtree, staging, True)
+    params = text_params(len(vocabulary), sequence_length, max_tokens, standardize)
     # The tokenizer exactly as the server builds it (same params, same file format).
     tokenizer = Tokenizer.from_params(staging, {**params, "vocabulary": VOCABULARY_ASSET})
 
@@ -286,6 +293,32 @@ def build_spec_from(
         ),
         metrics=dict(metrics),
         extra_checks=(ExtraCheck("tokenizer_vs_text_vectorization", tokenizer_check),),
+        explainers={
+            "explain": explain_signature(params, sequence_length, len(LABELS), INPUT_NAME, OUTPUT_NAME)
+        },
+    )
+
+
+def explain_signature(
+    params: Mapping[str, Any], sequence_length: int, classes: int, ids_name: str, probabilities_name: str
+) -> SignatureManifest:
+    """`explain` for the ONNX server: per-token occlusion importance around model.onnx.
+
+    `text` string [N] -> `probabilities` [N,2], `tokens` string [N,L] (standardized tokens, "" at
+    padding) and `importance` float32 [N,L]: the drop in the predicted class's probability when the
+    token is replaced by the OOV id (see `serving.text.token_importance`).
+    """
+    return SignatureManifest(
+        method=PREDICT_METHOD,
+        inputs={"text": TensorSpec("string", (-1,))},
+        outputs={
+            probabilities_name: TensorSpec("float32", (-1, classes)),
+            "tokens": TensorSpec("string", (-1, sequence_length)),
+            "importance": TensorSpec("float32", (-1, sequence_length)),
+        },
+        onnx=OnnxBinding("model.onnx", {ids_name: ids_name}, {probabilities_name: probabilities_name}),
+        preprocess=Preprocess(kind="text", input="text", output=ids_name, params=dict(params)),
+        explainer={"kind": "token_occlusion"},
     )
 
 
@@ -343,6 +376,7 @@ def build_spec(run_dir: Path, data_dir: Path, parity_examples: int = PARITY_TEST
         int(vectorization["max_tokens"]),
         served_metrics(run_metrics),
         parity_texts,
+        standardize=str(vectorization.get("standardize", STANDARDIZE)),
     )
 
 

@@ -81,6 +81,12 @@ class TextInputError(InvalidArgument, ValueError):
     """A text the tokenizer refuses: not encodable as UTF-8, or longer than the byte limit."""
 
 
+def split_tokens(text: bytes, standardize: str = STANDARDIZE) -> list[bytes]:
+    """Standardize and split one UTF-8 text the way `Tokenizer` does (no length limit, no lookup)."""
+    table, delete = _STANDARDIZERS[standardize]
+    return text.translate(table, delete).split()
+
+
 def read_vocabulary(path: Path) -> list[str]:
     """Read a vocabulary file written by `write_vocabulary` (index = line number)."""
     content = path.read_bytes().decode("utf-8")
@@ -166,8 +172,7 @@ class Tokenizer:
 
     def tokens(self, text: str | bytes) -> list[bytes]:
         """Standardized, split tokens of one text (all of them, not truncated)."""
-        table, delete = self._table  # type: ignore[attr-defined]
-        return self._as_bytes(text).translate(table, delete).split()
+        return split_tokens(self._as_bytes(text), self.standardize)
 
     def encode(self, texts: Sequence[str | bytes] | np.ndarray) -> np.ndarray:
         """Token ids int64 [N, sequence_length] of N texts (str, or bytes as sent on the wire)."""

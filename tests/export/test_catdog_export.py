@@ -177,3 +177,51 @@ def test_overlay_png_from_the_published_explain_onnx(
     Image.fromarray(gray).save(buffer, format="PNG")
     blended = np.asarray(overlay_image(buffer.getvalue(), np.array([[1.0, 0.0], [0.0, 0.0]])), np.int32)
     assert blended[0, 0, 0] > blended[0, 0, 2] and blended[-1, -1, 2] > blended[-1, -1, 0]
+
+
+def test_served_from_jpeg_bytes_with_explain_and_bad_images(
+    published: Any, trained: dict[str, Path], tmp_path: Path
+) -> None:
+    """The real server decodes image bytes itself (Pillow), explains, and refuses bad images."""
+    import tensorflow as tf
+
+    from clients import ClientError, GrpcClient, RestClient
+    from tests.serving.fixtures import start_server
+    from tests.serving.test_images import png_header_only
+
+    photos = sorted((trained["root"] / "test").rglob("*.jpg"))[:3]
+    encoded = np.array([p.read_bytes() for p in photos], dtype=object)
+    saved = tf.saved_model.load(str(published.path)).signatures
+    expected = saved["predict_image_bytes"](image_bytes=tf.constant(list(encoded)))["probabilities"].numpy()
+    expected_heatmap = saved["explain_image_bytes"](image_bytes=tf.constant(list(encoded)))["heatmap"].numpy()
+    server = start_server(
+        ["--model_name", "catdog", "--model_base_path", str(published.path.parent)], tmp_path / "s.log"
+    )
+    try:
+        with GrpcClient(server.grpc_target) as grpc_client, RestClient(server.rest_url) as rest_client:
+            for client in (grpc_client, rest_client):
+                answer = client.predict("catdog", {"image_bytes": encoded}, signature="predict_image_bytes")
+                np.testing.assert_allclose(answer["probabilities"], expected, atol=1e-4)
+                explained = client.predict("catdog", {"image_bytes": encoded}, signature="explain")
+                np.testing.assert_allclose(explained["heatmap"], expected_heatmap, atol=1e-3)
+                assert explained["heatmap"].min() >= 0 and explained["heatmap"].max() <= 1
+            bad_images = {
+                "truncated JPEG": encoded[0][: len(encoded[0]) // 2],
+                "text": b"this is not an image",
+                "0 bytes": b"",
+                "20000x20000 header": png_header_only(20000, 20000),
+            }
+            for case, data in bad_images.items():
+                with pytest.raises(ClientError) as info:
+                    grpc_client.predict(
+                        "catdog",
+                        {"image_bytes": np.array([data], dtype=object)},
+                        signature="predict_image_bytes",
+                    )
+                assert info.value.code == "INVALID_ARGUMENT", case
+            answer = grpc_client.predict(
+                "catdog", {"image_bytes": encoded[:1]}, signature="predict_image_bytes"
+            )
+            assert answer["probabilities"].shape == (1, 2)  # still serving
+    finally:
+        assert server.stop() == 0, server.log()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from serving.manifest import read_manifest
-from serving.text import Tokenizer, read_vocabulary, token_importance
+from serving.text import SPACE_PUNCTUATION, Tokenizer, read_vocabulary, token_importance
 from tests.training.test_sentiment import NEGATIVE, POSITIVE, synthetic_reviews, write_csv
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     texts, labels = synthetic_reviews(300, seed=SEED)
     csv_path = write_csv(root / "reviews.csv", texts, labels)
     data = sentiment_data.load("local", root, SEED, csv_path)
-    vectorizer = sentiment.build_vectorizer(200, SEQUENCE_LENGTH)
+    vectorizer = sentiment.build_vectorizer(200, SEQUENCE_LENGTH, standardize=SPACE_PUNCTUATION)
     vectorizer.adapt(np.asarray(data.train.texts, dtype=object))
     vocabulary = [str(token) for token in vectorizer.get_vocabulary()]
     approach = replace(
@@ -53,7 +53,16 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     model.fit(train_ids, data.train.labels, epochs=8, batch_size=32, verbose=0)
     metrics = {"data": data.summary(), "seed": SEED, "target_test_accuracy": 0.8, "approach": "bow"}
     parity_texts = [text.encode("utf-8") for text in data.test.texts]
-    spec = build_spec_from(model, vocabulary, SEQUENCE_LENGTH, 200, metrics, parity_texts, generated=300)
+    spec = build_spec_from(
+        model,
+        vocabulary,
+        SEQUENCE_LENGTH,
+        200,
+        metrics,
+        parity_texts,
+        generated=300,
+        standardize=SPACE_PUNCTUATION,
+    )
     return {"root": root, "spec": spec, "vocabulary": vocabulary, "data": data}
 
 
@@ -79,7 +88,7 @@ def test_published_layout_and_manifest(published: Path, tiny: dict[str, Any]) ->
     assert (signature.preprocess.input, signature.preprocess.output) == ("text", "token_ids")
     params = signature.preprocess.params
     assert params["vocabulary"] == "assets/vocabulary.txt" and params["sequence_length"] == SEQUENCE_LENGTH
-    assert params["standardize"] == "lower_and_strip_punctuation" and params["split"] == "whitespace"
+    assert params["standardize"] == SPACE_PUNCTUATION and params["split"] == "whitespace"
     assert dict(signature.onnx.inputs) == {"token_ids": "token_ids"}
     checks = manifest.parity["tokenizer_vs_text_vectorization"]
     assert checks["passed"] and checks["generated"]["n_texts"] == 300 and checks["tricky"]["mismatches"] == 0
@@ -155,7 +164,9 @@ def test_failed_parity_publishes_nothing(tiny: dict[str, Any], tmp_path: Path) -
     from export.pipeline import ParityError, publish
 
     spec = tiny["spec"]
-    tokenizer = Tokenizer(vocabulary=tuple(tiny["vocabulary"]), sequence_length=SEQUENCE_LENGTH)
+    tokenizer = Tokenizer(
+        vocabulary=tuple(tiny["vocabulary"]), sequence_length=SEQUENCE_LENGTH, standardize=SPACE_PUNCTUATION
+    )
 
     def wrong_feed(batch: Any) -> dict[str, np.ndarray]:
         ids = tokenizer.encode(batch["text"])
@@ -166,3 +177,48 @@ def test_failed_parity_publishes_nothing(tiny: dict[str, Any], tmp_path: Path) -
     with pytest.raises(ParityError):
         publish(broken, tmp_path / "models")
     assert list((tmp_path / "models" / "sentiment").iterdir()) == []
+
+
+def test_served_over_grpc_and_rest_with_explain(published: Path, tmp_path: Path) -> None:
+    """Raw text in, probabilities out, through the real server; explain returns token importance."""
+    import tensorflow as tf
+
+    from clients import ClientError, GrpcClient, RestClient
+    from tests.serving.fixtures import start_server
+
+    texts = [f"a {POSITIVE[0]} story".encode(), f"so {NEGATIVE[0]}".encode(), b"\xff\xfe not utf-8 \xc3"]
+    saved = tf.saved_model.load(str(published)).signatures["serving_default"]
+    expected = saved(text=tf.constant(texts))["probabilities"].numpy()
+    server = start_server(
+        ["--model_name", "sentiment", "--model_base_path", str(published.parent)], tmp_path / "s.log"
+    )
+    try:
+        with GrpcClient(server.grpc_target) as grpc_client, RestClient(server.rest_url) as rest_client:
+            by_grpc = grpc_client.predict("sentiment", {"text": np.array(texts, dtype=object)})[
+                "probabilities"
+            ]
+            by_rest = rest_client.predict("sentiment", {"text": np.array(texts[:2], dtype=object)})[
+                "probabilities"
+            ]
+            np.testing.assert_allclose(by_grpc, expected, atol=1e-5)  # invalid UTF-8 tokenized as TF does
+            np.testing.assert_allclose(by_rest, expected[:2], atol=1e-5)
+
+            explained = grpc_client.predict(
+                "sentiment", {"text": np.array(texts[:1], dtype=object)}, signature="explain"
+            )
+            tokens = [t.decode() for t in explained["tokens"][0] if t]
+            assert tokens == ["a", POSITIVE[0], "story"]
+            importance = dict(zip(tokens, explained["importance"][0][: len(tokens)], strict=True))
+            assert importance[POSITIVE[0]] == max(importance.values()) > 0
+            np.testing.assert_allclose(explained["probabilities"], expected[:1], atol=1e-5)
+
+            huge = np.array([b"word " * 300_000], dtype=object)  # 1.5 MB, over the 1 MiB text limit
+            for client in (grpc_client, rest_client):
+                with pytest.raises(ClientError) as info:
+                    client.predict("sentiment", {"text": huge})
+                assert info.value.code == "INVALID_ARGUMENT", info.value.message
+            assert grpc_client.predict("sentiment", {"text": np.array(texts[:1], dtype=object)})[
+                "probabilities"
+            ].shape == (1, 2)
+    finally:
+        assert server.stop() == 0, server.log()

@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from serving.errors import InvalidArgument
 from serving.text import (
     OOV_ID,
+    SPACE_PUNCTUATION,
+    STANDARDIZE,
     TextInputError,
     Tokenizer,
     explain_batch,
@@ -41,13 +43,21 @@ CORPUS = [
 WORDS = ["the", "movie", "great", "bad", "café", "naïve", "école", "😀", "dont", "its", "zero\x00byte"]
 
 
-@pytest.fixture(scope="module")
-def reference() -> tuple[Tokenizer, object]:
-    """A TextVectorization adapted on a tiny corpus and the Tokenizer built from its vocabulary file."""
-    vectorizer = keras.layers.TextVectorization(max_tokens=100, output_sequence_length=SEQUENCE_LENGTH)
+@pytest.fixture(scope="module", params=[STANDARDIZE, SPACE_PUNCTUATION])
+def reference(request: pytest.FixtureRequest) -> tuple[Tokenizer, object]:
+    """A TextVectorization adapted on a tiny corpus and the Tokenizer built from its vocabulary, for
+    Keras's own "lower_and_strip_punctuation" and the project's "lower_and_space_punctuation"."""
+    from training.sentiment import STANDARDIZERS
+
+    vectorizer = keras.layers.TextVectorization(
+        max_tokens=100, output_sequence_length=SEQUENCE_LENGTH, standardize=STANDARDIZERS[request.param]
+    )
     vectorizer.adapt(CORPUS)
     vocabulary = [str(token) for token in vectorizer.get_vocabulary()]
-    return Tokenizer(vocabulary=tuple(vocabulary), sequence_length=SEQUENCE_LENGTH), vectorizer
+    tokenizer = Tokenizer(
+        vocabulary=tuple(vocabulary), sequence_length=SEQUENCE_LENGTH, standardize=request.param
+    )
+    return tokenizer, vectorizer
 
 
 def tf_ids(vectorizer: object, texts: list[bytes]) -> np.ndarray:
@@ -66,6 +76,10 @@ def assert_same(reference: tuple[Tokenizer, object], texts: list[bytes]) -> None
 def test_vocabulary_contains_non_ascii_tokens(reference: tuple[Tokenizer, object]) -> None:
     tokenizer, _ = reference
     assert tokenizer.vocabulary[:2] == ("", "[UNK]")
+    if tokenizer.standardize == STANDARDIZE:
+        assert "dont" in tokenizer.vocabulary and "don" not in tokenizer.vocabulary
+    else:
+        assert "don" in tokenizer.vocabulary and "dont" not in tokenizer.vocabulary
     # TF lowercases ASCII only: "ÉCOLE" -> "École"; U+00A0 and \x1c do not split tokens.
     assert "École" in tokenizer.vocabulary
     assert "nbsp\u00a0word" in tokenizer.vocabulary
@@ -173,12 +187,15 @@ def test_from_params(tmp_path: Path, reference: tuple[Tokenizer, object]) -> Non
         "sequence_length": SEQUENCE_LENGTH,
         "standardize": "lower_and_strip_punctuation",
         "split": "whitespace",
-        "max_tokens": 40,
+        "max_tokens": 100,
     }
     loaded = Tokenizer.from_params(tmp_path, params)
     assert loaded.vocabulary == tokenizer.vocabulary and loaded.sequence_length == SEQUENCE_LENGTH
     with pytest.raises(ValueError, match="unsupported"):
         Tokenizer.from_params(tmp_path, {**params, "standardize": "lower"})
+    spaced = Tokenizer.from_params(tmp_path, {**params, "standardize": SPACE_PUNCTUATION})
+    assert spaced.tokens("It's a THREE-hour film!") == [b"it", b"s", b"a", b"three", b"hour", b"film"]
+    assert loaded.tokens("It's a THREE-hour film!") == [b"its", b"a", b"threehour", b"film"]
     with pytest.raises(ValueError, match="max_tokens"):
         Tokenizer.from_params(tmp_path, {**params, "max_tokens": 3})
 

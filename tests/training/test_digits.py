@@ -49,6 +49,7 @@ def test_dropout_adds_layers_but_no_weights() -> None:
 def test_book_recipe_is_the_seed_listing() -> None:
     book = digits.RECIPES["book"]
     assert (book.epochs, book.batch_size, book.dropout, book.augments) == (5, 64, 0.0, False)
+    assert (book.label_smoothing, book.ema_momentum, book.learning_rate) == (0.0, None, 1e-3)
     small = digits.RECIPES[digits.DEFAULT_RECIPE]
     assert small.name == "small-data" and small.augments and small.dropout > 0
     assert small.early_stopping_patience
@@ -112,3 +113,10 @@ def test_tiny_run_writes_best_model_metrics_and_curves(digits_run_dir: Path) -> 
     assert set(metrics["per_class_accuracy"]) == set(digits.LABELS)
     model = keras.models.load_model(digits_run_dir / digits.BEST_MODEL)
     assert model.output_shape == (None, 10)
+
+
+def test_best_epoch_follows_the_monitor() -> None:
+    history = {"val_loss": [0.5, 0.2, 0.3], "val_accuracy": [0.9, 0.95, 0.97]}
+    assert digits.best_epoch(history, "val_loss") == 2
+    assert digits.best_epoch(history, "val_accuracy") == 3
+    assert digits.best_epoch({}, "val_loss") == 0

@@ -77,7 +77,11 @@ class SentimentData:
             "split": self.split,
             **{
                 name: {"n": len(part), "positive_fraction": round(part.positive_fraction(), 4)}
-                for name, part in (("train", self.train), ("validation", self.validation), ("test", self.test))
+                for name, part in (
+                    ("train", self.train),
+                    ("validation", self.validation),
+                    ("test", self.test),
+                )
             },
         }
 
@@ -98,7 +102,9 @@ def read_table(path: Path) -> TextSplit:
         reader = csv.DictReader(handle, delimiter=delimiter)
         fields = {name.strip().lower(): name for name in reader.fieldnames or ()}
         if "text" not in fields or "label" not in fields:
-            raise ValueError(f"{path}: needs a header with 'text' and 'label' columns, got {reader.fieldnames}")
+            raise ValueError(
+                f"{path}: needs a header with 'text' and 'label' columns, got {reader.fieldnames}"
+            )
         for line, row in enumerate(reader, start=2):
             texts.append(row[fields["text"]] or "")
             labels.append(_parse_label(row[fields["label"]] or "", f"{path}:{line}"))
