@@ -412,6 +412,10 @@ def summarize(
                 f"  {model:<{width}} "
                 + (f"{value:.1f} req/s" if value is not None else "over the limit from the start")
             )
+            if value is None and model != "Aggregated":
+                # Ramping is how the knee is found, so crossing the limit later is expected; a
+                # model over the limit at the lightest load misses its latency target outright.
+                problems.append(f"{model}: p99 over the {args.p99_ms:g} ms limit from the first step")
     if total is None or total.requests == 0:
         problems.append("no request was made")
     return problems

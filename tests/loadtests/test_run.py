@@ -105,3 +105,18 @@ def test_summary_fails_on_failures_and_slow_p99(capsys: pytest.CaptureFixture[st
     ]
     assert "digits:serving_default" in capsys.readouterr().out
     assert summarize(args, [], None, {}) == ["no request was made"]
+
+
+def test_step_shape_fails_only_a_model_over_the_limit_from_the_first_step(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = parse_args(["--shape", "step", "--p99-ms", "100"])
+    entries = [
+        EntryStats("grpc", "digits:serving_default", 20, 0, 2.0, 5, 400),  # crossed later: the knee
+        EntryStats("grpc", "catdog:explain", 10, 0, 1.0, 90, 900),
+    ]
+    total = EntryStats("", "Aggregated", 30, 0, 3.0, 5, 900)
+    problems = summarize(args, entries, total, {"digits": 250.0, "catdog": None, "Aggregated": 250.0})
+    assert problems == ["catdog: p99 over the 100 ms limit from the first step"]
+    out = capsys.readouterr().out
+    assert "250.0 req/s" in out and "over the limit from the start" in out
