@@ -94,7 +94,6 @@ class ServerConfig:
     grpc_max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     file_system_poll_wait_seconds: float = 1.0
     drain_seconds: float = 10.0
-    request_timeout_seconds: float = 30.0
     model_config_file: Path | None = None
     tls: TlsConfig | None = None
     inline_engine_micros: float = 200.0
@@ -254,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model_config_file_poll_wait_seconds",
         type=float,
         default=0,
-        help="accepted for compatibility; reload with a restart or HandleReloadConfigRequest",
+        help="accepted for compatibility and ignored: the model list is read at start (new versions are found with --file_system_poll_wait_seconds)",
     )
     add(
         "--file_system_poll_wait_seconds",
@@ -319,7 +318,6 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--drain_seconds", type=float, default=10.0, help="on SIGTERM, how long in-flight requests may finish"
     )
-    add("--request_timeout_seconds", type=float, default=30.0, help="server-side limit on one request")
     return parser
 
 
@@ -366,7 +364,6 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         grpc_max_message_bytes=args.grpc_max_message_bytes,
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
         drain_seconds=args.drain_seconds,
-        request_timeout_seconds=args.request_timeout_seconds,
         model_config_file=config_file,
         tls=parse_ssl_text(_read(Path(args.ssl_config_file), "--ssl_config_file"))
         if args.ssl_config_file
