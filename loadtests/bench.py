@@ -204,7 +204,9 @@ def measure(
     return Point(transport, batching, concurrency, len(latencies), errors, measured, p50, p99)
 
 
-def run_server(model: str, base: Path, batching: bool, threads: int, log: Path) -> tuple[object, str, str]:
+def run_server(
+    model: str, base: Path, batching: bool, threads: int, log: Path, timeout_micros: int = 0
+) -> tuple[object, str, str]:
     from tests.serving.fixtures import start_server  # the same launcher the tests use
 
     args = ["--model_name", model, "--model_base_path", str(base), "--file_system_poll_wait_seconds", "0"]
@@ -213,7 +215,8 @@ def run_server(model: str, base: Path, batching: bool, threads: int, log: Path) 
     if batching:
         config = log.with_suffix(".batching")
         config.write_text(
-            "max_batch_size { value: 64 } batch_timeout_micros { value: 1000 } num_batch_threads { value: 2 } max_enqueued_batches { value: 1000 }"
+            f"max_batch_size {{ value: 64 }} batch_timeout_micros {{ value: {timeout_micros} }} "
+            "num_batch_threads { value: 2 } max_enqueued_batches { value: 1000 }"
         )
         args += ["--enable_batching", "--batching_parameters_file", str(config)]
     server = start_server(args, log)
@@ -230,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=200_000, help="cap per point")
     parser.add_argument("--transports", default="grpc,rest")
     parser.add_argument("--threads", type=int, default=0, help="server's intra-op threads (0: ORT default)")
+    parser.add_argument(
+        "--batch-timeout-micros", type=int, default=0, help="batching run: how long a batch may wait to fill"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args(argv)
 
@@ -255,7 +261,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         for batching in (False, True):
             server, grpc_target, rest_url = run_server(
-                args.model, base.resolve(), batching, args.threads, Path(folder) / f"server-{batching}.log"
+                args.model,
+                base.resolve(),
+                batching,
+                args.threads,
+                Path(folder) / f"server-{batching}.log",
+                args.batch_timeout_micros,
             )
             try:
                 urllib.request.urlopen(f"{rest_url}/v1/models/{args.model}", timeout=10).read()
