@@ -197,3 +197,17 @@ def test_prometheus_metrics(server: ServerProcess) -> None:
     )
     assert 'model_name="<unknown>",status="NOT_FOUND"' in text  # unserved names collapse into one label
     assert 'model_server_model_version_state{model_name="tiny",version="3"} 30.0' in text
+
+
+def test_large_bodies_are_parsed_off_the_event_loop_and_answered(server: ServerProcess, repo: Path) -> None:
+    from serving.protocol.rest.app import OFFLOAD_BYTES
+
+    batch = pixels(150, seed=11)
+    body = {"instances": batch.tolist()}
+    assert len(json.dumps(body)) > OFFLOAD_BYTES
+    status, answer = call(server, "/v1/models/tiny:predict", body)
+    assert status == 200
+    np.testing.assert_allclose(answer["predictions"], reference_probabilities(repo / "3", batch), atol=1e-5)
+    bad = {"instances": [*batch.tolist()[:-1], [[1, 2]]]}  # ragged, and large
+    status, answer = call(server, "/v1/models/tiny:predict", bad)
+    assert status == 400 and "cannot read" in answer["error"]

@@ -12,6 +12,7 @@ status and metadata are the protobuf messages rendered as JSON, as TF Serving do
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -32,6 +33,8 @@ from serving.protocol import messages
 from serving.repository import Repository
 
 log = logging.getLogger(__name__)
+
+OFFLOAD_BYTES = 256 * 1024  # bodies larger than this are parsed off the event loop
 
 _PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
@@ -99,9 +102,11 @@ class RestApi:
                 return _error(405, f"{rest[1:]} takes POST")
             if rest == ":regress":
                 return _error(501, "regress is not supported: these models are classifiers")
-            body = await _json_body(request)
+            raw = await request.read()
+            large = len(raw) > OFFLOAD_BYTES
+            body = await self._offload(large, _parse_json, raw)
             if rest == ":predict":
-                return await self.predict(name, version, label, body)
+                return await self.predict(name, version, label, body, large)
             return await self.classify(name, version, label, body)
         if request.method != "GET":
             return _error(405, "model status and metadata take GET")
@@ -113,8 +118,15 @@ class RestApi:
             statuses = self.repository.statuses(name, version, label)
             return web.json_response(_message_json(messages.status_response(statuses)))
 
+    async def _offload(self, large: bool, function: Callable[..., Any], *args: Any) -> Any:
+        """Parse big JSON bodies in a worker thread: 1 MB of pixels takes ~30 ms of parsing, which
+        on the event loop would stall every other request for that long."""
+        if not large:
+            return function(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.dataplane.executor, function, *args)
+
     async def predict(
-        self, name: str, version: int | None, label: str | None, body: dict[str, Any]
+        self, name: str, version: int | None, label: str | None, body: dict[str, Any], large: bool = False
     ) -> web.Response:
         with self.metrics.track(name, "predict", "REST"):
             signature_name = body.get("signature_name", "")
@@ -127,10 +139,11 @@ class RestApi:
                     'the body needs exactly one of "instances" (row format) or "inputs" (columnar format)'
                 )
             row_format = "instances" in body
-            inputs = (
-                _rows_to_tensors(body["instances"], signature)
-                if row_format
-                else _columns_to_tensors(body["inputs"], signature)
+            inputs = await self._offload(
+                large,
+                _rows_to_tensors if row_format else _columns_to_tensors,
+                body["instances"] if row_format else body["inputs"],
+                signature,
             )
             output_filter = body.get("output_filter") or []
             result = await self.dataplane.predict(
@@ -181,9 +194,9 @@ def _parse_version(raw: str | None) -> int | None:
     return int(raw)
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
+def _parse_json(raw: bytes) -> dict[str, Any]:
     try:
-        body = await request.json(loads=json.loads)
+        body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
