@@ -56,12 +56,44 @@ def softmax_regression(weights: np.ndarray, bias: np.ndarray) -> onnx.ModelProto
     return model
 
 
-def write_tiny_version(base_path: Path, version: int, seed: int = 0) -> Path:
+def slow_softmax_regression(
+    weights: np.ndarray, bias: np.ndarray, width: int = 2048, layers: int = 8
+) -> onnx.ModelProto:
+    """The same answers as `softmax_regression`, after `layers` large MatMuls whose result is
+    multiplied by zero: tens of milliseconds per call, for overload tests."""
+    model = softmax_regression(weights, bias)
+    graph = model.graph
+    rng = np.random.default_rng(0)
+    graph.initializer.append(
+        numpy_helper.from_array(rng.normal(size=(784, width)).astype(np.float32), "slow_in")
+    )
+    graph.initializer.append(
+        numpy_helper.from_array(rng.normal(size=(width, width)).astype(np.float32) / width, "slow_w")
+    )
+    graph.initializer.append(numpy_helper.from_array(np.zeros((1, 10), np.float32), "slow_zero"))
+    nodes = [helper.make_node("MatMul", ["flat", "slow_in"], ["slow_0"])]
+    for index in range(layers):
+        nodes.append(helper.make_node("MatMul", [f"slow_{index}", "slow_w"], [f"slow_{index + 1}"]))
+    nodes.append(helper.make_node("ReduceSum", [f"slow_{layers}"], ["slow_sum"], keepdims=1))  # [1, 1]
+    nodes.append(helper.make_node("Mul", ["slow_sum", "slow_zero"], ["slow_nothing"]))  # [1, 10] zeros
+    nodes.append(helper.make_node("Add", ["logits_nobias", "slow_nothing"], ["logits_slow"]))
+    body = [n for n in graph.node]
+    for node in body:
+        if node.op_type == "Add" and node.input[0] == "logits_nobias":
+            node.input[0] = "logits_slow"
+    del graph.node[:]
+    graph.node.extend(body[:3] + nodes + body[3:])
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_tiny_version(base_path: Path, version: int, seed: int = 0, slow: bool = False) -> Path:
     """Publish models/<name>/<version>/ with model.onnx and a manifest, as export does."""
     rng = np.random.default_rng(seed)
     version_dir = base_path / str(version)
     version_dir.mkdir(parents=True, exist_ok=True)
-    onnx.save(softmax_regression(rng.normal(size=(784, 10)), rng.normal(size=10)), version_dir / "model.onnx")
+    build = slow_softmax_regression if slow else softmax_regression
+    onnx.save(build(rng.normal(size=(784, 10)), rng.normal(size=10)), version_dir / "model.onnx")
     image = TensorSpec("float32", (-1, 28, 28, 1))
     probabilities = TensorSpec("float32", (-1, 10))
     manifest = Manifest(
