@@ -31,9 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from serving import codec
+from serving.launcher import launch
 from serving.manifest import read_manifest
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -207,8 +206,6 @@ def measure(
 def run_server(
     model: str, base: Path, batching: bool, threads: int, log: Path, timeout_micros: int = 0
 ) -> tuple[object, str, str]:
-    from tests.serving.fixtures import start_server  # the same launcher the tests use
-
     args = ["--model_name", model, "--model_base_path", str(base), "--file_system_poll_wait_seconds", "0"]
     if threads:
         args += ["--tensorflow_intra_op_parallelism", str(threads)]
@@ -219,7 +216,7 @@ def run_server(
             "num_batch_threads { value: 2 } max_enqueued_batches { value: 1000 }"
         )
         args += ["--enable_batching", "--batching_parameters_file", str(config)]
-    server = start_server(args, log)
+    server = launch(args, log)
     return server, server.grpc_target, server.rest_url
 
 
@@ -309,5 +306,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO_ROOT))
     sys.exit(main())

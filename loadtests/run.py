@@ -23,24 +23,19 @@ import ipaddress
 import json
 import math
 import os
-import re
 import shlex
-import signal
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from clients.errors import ClientError
 from clients.grpc_client import GrpcClient
 from loadtests.workload import DEFAULT_MODELS, build_plan, default_data_dir, load_samples
+from serving.launcher import LaunchError, ServerProcess, launch, write_model_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILES = "loadtests/locustfile.py,loadtests/shapes.py"
@@ -185,74 +180,30 @@ class LocalServer:
     """`python -m serving` on 127.0.0.1 with free ports, for the length of the run."""
 
     def __init__(self, models: dict[str, Path], out: Path, extra_args: Sequence[str] = ()) -> None:
-        entries = "".join(
-            f"  config {{\n    name: '{name}'\n    base_path: '{path}'\n    model_platform: 'tensorflow'\n  }}\n"
-            for name, path in models.items()
-        )
-        self.config = out / "models.config"
-        self.config.write_text(f"model_config_list {{\n{entries}}}\n")
+        self.config = write_model_config(out / "models.config", models)
         self.log_path = out / "server.log"
-        self.process: subprocess.Popen[bytes] | None = None
         self.extra_args = list(extra_args)
-        self.grpc_port = self.rest_port = 0
+        self.server: ServerProcess | None = None
+
+    @property
+    def grpc_port(self) -> int:
+        return self.server.grpc_port if self.server else 0
+
+    @property
+    def rest_port(self) -> int:
+        return self.server.rest_port if self.server else 0
 
     def start(self, timeout: float = 120) -> None:
-        command = [
-            sys.executable,
-            "-m",
-            "serving",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--rest_api_port",
-            "0",
-            "--model_config_file",
-            str(self.config),
-            *self.extra_args,
-        ]
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log_path.read_text(errors="replace")
-            grpc_match = re.search(r"gRPC listening on [^\s]+:(\d+)", text)
-            rest_match = re.search(r"REST listening on [^\s]+:(\d+)", text)
-            if grpc_match and rest_match:
-                self.grpc_port, self.rest_port = int(grpc_match[1]), int(rest_match[1])
-                break
-            if self.process.poll() is not None:
-                raise RunError(
-                    f"the server exited with status {self.process.returncode}; see {self.log_path}"
-                )
-            time.sleep(0.1)
-        else:
-            raise RunError(f"the server did not listen within {timeout:.0f} s; see {self.log_path}")
-        self._wait_serving(deadline)
-
-    def _wait_serving(self, deadline: float) -> None:
-        with grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}") as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                try:
-                    if (
-                        stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status
-                        == health_pb2.HealthCheckResponse.SERVING
-                    ):
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.2)
-        raise RunError(f"the server never reported SERVING; see {self.log_path}")
+        try:
+            self.server = launch(
+                ["--model_config_file", str(self.config), *self.extra_args], self.log_path, timeout
+            )
+        except LaunchError as exc:
+            raise RunError(f"{str(exc).splitlines()[0]}; see {self.log_path}") from exc
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.server is not None:
+            self.server.stop()
 
 
 # -- reading Locust's CSV ------------------------------------------------------------------------

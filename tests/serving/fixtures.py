@@ -6,26 +6,26 @@ server tests run in seconds. Pipeline tests with real Keras-exported models live
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import numpy as np
 import onnx
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx import TensorProto, helper, numpy_helper
 
+from serving.launcher import REPO_ROOT, ServerProcess, launch, write_model_config
 from serving.manifest import Manifest, OnnxBinding, SignatureManifest, TensorSpec, sha256_file, write_manifest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+__all__ = [
+    "REPO_ROOT",
+    "ServerProcess",
+    "reference_probabilities",
+    "slow_softmax_regression",
+    "softmax_regression",
+    "start_server",
+    "write_config",
+    "write_tiny_version",
+]
 
 
 def softmax_regression(weights: np.ndarray, bias: np.ndarray) -> onnx.ModelProto:
@@ -124,102 +124,12 @@ def reference_probabilities(version_dir: Path, images: np.ndarray) -> np.ndarray
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-@dataclass
-class ServerProcess:
-    process: subprocess.Popen[str]
-    grpc_port: int
-    rest_port: int
-    log_path: Path
-
-    @property
-    def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def rest_url(self) -> str:
-        return f"http://127.0.0.1:{self.rest_port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def stop(self, timeout: float = 20) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return int(self.process.returncode)
-
-
 def start_server(
     args: Sequence[str], log_path: Path, timeout: float = 60, wait_serving: bool = True
 ) -> ServerProcess:
-    """Run `python -m serving ARGS --port 0 --rest_api_port 0` and wait until health says SERVING."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    handle = log_path.open("w")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "serving",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--rest_api_port",
-            "0",
-            *args,
-        ],
-        cwd=REPO_ROOT,
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    deadline = time.monotonic() + timeout
-    grpc_port = rest_port = None
-    while time.monotonic() < deadline:
-        text = log_path.read_text()
-        grpc_match = re.search(r"gRPC listening on [^:]+:(\d+)", text)
-        rest_match = re.search(r"REST listening on [^:]+:(\d+)", text)
-        if grpc_match and rest_match:
-            grpc_port, rest_port = int(grpc_match[1]), int(rest_match[1])
-            break
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{text}")
-        time.sleep(0.05)
-    else:
-        process.kill()
-        raise RuntimeError(f"server did not start in {timeout}s:\n{log_path.read_text()}")
-    server = ServerProcess(process, grpc_port, rest_port, log_path)
-    if wait_serving:
-        wait_for_health(server.grpc_target, deadline)
-    return server
-
-
-def wait_for_health(target: str, deadline: float, want: int = health_pb2.HealthCheckResponse.SERVING) -> None:
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status == want:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.05)
-    raise RuntimeError(f"health of {target} never became {want}")
+    """The real server as a child process on free loopback ports (see `serving.launcher`)."""
+    return launch(args, log_path, timeout=timeout, wait_serving=wait_serving)
 
 
 def write_config(path: Path, models: dict[str, Path], extra: str = "") -> Path:
-    entries = "".join(
-        f"  config {{\n    name: '{name}'\n    base_path: '{base}'\n    model_platform: 'tensorflow'\n{extra}  }}\n"
-        for name, base in models.items()
-    )
-    path.write_text(f"model_config_list {{\n{entries}}}\n")
-    return path
-
-
-def json_dumps(value: object) -> bytes:
-    return json.dumps(value).encode()
+    return write_model_config(path, models, extra)
