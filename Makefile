@@ -70,7 +70,7 @@ bench: ## serving latency/throughput on the published digits model (loopback)
 	$(PY) -m loadtests.bench --models-dir $(MODELS_DIR)
 
 loadtest: ## 60 s Locust step ramp against a local server: knee per model; fails on errors or p99 over 250 ms at the first step
-	$(PY) -m loadtests.run --start-server --models-dir $(MODELS_DIR) --server-args "--enable_batching" --shape step --users 40 --duration 60 --p99-ms 250 --out reports/loadtest
+	$(PY) -m loadtests.run --start-server --models-dir $(MODELS_DIR) --server-args=--enable_batching --shape step --users 40 --duration 60 --p99-ms 250 --out reports/loadtest
 
 protos: ## regenerate serving/proto/*_pb2*.py from protos/ (needs grpcio-tools from the dev extra)
 	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. protos/serving/proto/*.proto
