@@ -162,9 +162,12 @@ def _fill(flat: np.ndarray, shape: tuple[int, ...], count: int, name: str) -> np
     return out.reshape(shape)
 
 
-def from_numpy(array: np.ndarray) -> tensor_pb2.TensorProto:
-    """Encode an array: numeric through tensor_content, strings through string_val."""
-    proto = tensor_pb2.TensorProto()
+def from_numpy(array: np.ndarray, proto: tensor_pb2.TensorProto | None = None) -> tensor_pb2.TensorProto:
+    """Encode an array: numeric through tensor_content, strings through string_val.
+
+    With `proto` (e.g. a response's map entry), fills it in place instead of building a copy.
+    """
+    proto = tensor_pb2.TensorProto() if proto is None else proto
     if array.dtype.kind in "US":
         array = array.astype(STRING)
     proto.dtype = data_type(array.dtype)  # type: ignore[assignment]

@@ -142,3 +142,13 @@ def test_json_values_and_b64() -> None:
     ]:
         with pytest.raises(InvalidArgument, match=match):
             codec.json_to_numpy(bad, codec.STRING, "s")
+
+
+def test_from_numpy_fills_a_given_proto_in_place() -> None:
+    from serving.proto import apis_pb2
+
+    response = apis_pb2.PredictResponse()
+    array = np.arange(6, dtype=np.float32).reshape(2, 3)
+    filled = codec.from_numpy(array, response.outputs["probabilities"])
+    assert filled is response.outputs["probabilities"]
+    np.testing.assert_array_equal(codec.to_numpy(response.outputs["probabilities"]), array)

@@ -124,7 +124,7 @@ class PredictionService(apis_pb2_grpc.PredictionServiceServicer):
                 model_spec=messages.model_spec(result.version, result.signature)
             )
             for name, value in result.outputs.items():
-                response.outputs[name].CopyFrom(codec.from_numpy(value))
+                codec.from_numpy(value, response.outputs[name])
             return response
 
     async def Classify(
