@@ -204,9 +204,10 @@ def measure(
 
 
 def run_server(
-    model: str, base: Path, batching: bool, threads: int, log: Path, timeout_micros: int = 0
+    model: str, base: Path, batching: bool, threads: int, log: Path, timeout_micros: int = 0, workers: int = 1
 ) -> tuple[object, str, str]:
     args = ["--model_name", model, "--model_base_path", str(base), "--file_system_poll_wait_seconds", "0"]
+    args += ["--workers", str(workers)]
     if threads:
         args += ["--tensorflow_intra_op_parallelism", str(threads)]
     if batching:
@@ -233,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--batch-timeout-micros", type=int, default=0, help="batching run: how long a batch may wait to fill"
     )
+    parser.add_argument("--workers", type=int, default=1, help="server processes (--workers)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args(argv)
 
@@ -247,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
-    print(f"model: {args.model} version {version_dir.name} ({version_dir})")
+    print(f"model: {args.model} version {version_dir.name} ({version_dir}), server workers: {args.workers}")
     floor = engine_floor(version_dir, images, repeats=200)
     print(
         f"engine alone (ONNX Runtime, 1 thread): batch 1 {floor[1]:.3f} ms, batch 64 {floor[64]:.3f} ms ({floor[64] / 64:.4f} ms/row)"
@@ -264,6 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.threads,
                 Path(folder) / f"server-{batching}.log",
                 args.batch_timeout_micros,
+                args.workers,
             )
             try:
                 urllib.request.urlopen(f"{rest_url}/v1/models/{args.model}", timeout=10).read()

@@ -19,6 +19,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"serve: {exc}", file=sys.stderr)
         return 2
+    if config.workers > 1:
+        from serving.workers import run_workers
+
+        return run_workers(config)
     from serving.server import serve
 
     try:

@@ -97,6 +97,7 @@ class ServerConfig:
     model_config_file: Path | None = None
     tls: TlsConfig | None = None
     inline_engine_micros: float = 200.0
+    workers: int = 1
     grpc_channel_arguments: tuple[tuple[str, int | str], ...] = ()
 
 
@@ -316,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="engine calls faster than this (moving average) run on the event loop, not a worker thread; 0 disables",
     )
     add(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing both ports (SO_REUSEPORT), each with every model: one Python "
+        "process serves about one core's worth of requests",
+    )
+    add(
         "--drain_seconds", type=float, default=10.0, help="on SIGTERM, how long in-flight requests may finish"
     )
     return parser
@@ -348,6 +356,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         if args.monitoring_config_file
         else MonitoringConfig()
     )
+    if args.workers < 1:
+        raise ConfigError("--workers must be at least 1")
     if args.grpc_max_message_bytes < 1024:
         raise ConfigError("--grpc_max_message_bytes must be at least 1024")
     return ServerConfig(
@@ -370,6 +380,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         else None,
         grpc_channel_arguments=parse_channel_arguments(args.grpc_channel_arguments),
         inline_engine_micros=args.inline_engine_micros,
+        workers=args.workers,
     )
 
 

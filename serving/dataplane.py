@@ -218,6 +218,7 @@ class DataPlane:
                 self.metrics.batch_size.labels(*labels).observe(rows)
                 self.metrics.batch_padding.labels(*labels).inc(padded - rows)
                 self.metrics.engine_seconds.labels(*labels).observe(seconds)
+                self.metrics.queued_rows.labels(version.name).set(self._batchers[key].queued_rows)
 
             batcher = Batcher(
                 lambda tensors: backend.run(signature, tensors), self.batching, self.executor, observe

@@ -3,15 +3,20 @@
 Names follow TF Serving's where one exists (`:tensorflow:serving:request_count`, latency in
 microseconds), so dashboards written for TF Serving keep working; the rest describe batching and
 model state. A registry per server instance, so tests can run several servers in one process.
+
+With `--workers N` the worker processes share their values through prometheus_client's
+multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by `serving.workers`), so a scrape of any worker
+reports the sum over all of them.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 from serving.errors import ServingError
 
@@ -64,12 +69,14 @@ class Metrics:
             "Rows waiting in batch queues",
             ["model_name"],
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.model_state = Gauge(
             "model_server_model_version_state",
-            "ModelVersionStatus state number (30 = AVAILABLE)",
+            "ModelVersionStatus state number (30 = AVAILABLE); the least ready worker's",
             ["model_name", "version"],
             registry=self.registry,
+            multiprocess_mode="livemin",
         )
 
     @contextmanager
@@ -91,4 +98,8 @@ class Metrics:
             self.request_latency.labels(name, api, entrypoint).observe((time.perf_counter() - started) * 1e6)
 
     def render(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged)
+            return generate_latest(merged)
         return generate_latest(self.registry)

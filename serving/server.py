@@ -103,6 +103,7 @@ async def start(config: ServerConfig) -> RunningServer:
         config.grpc_max_message_bytes,
         config.tls,
         config.grpc_channel_arguments,
+        reuse_port=config.workers > 1,
     )
     await grpc_server.start()
     log.info("gRPC listening on %s:%d%s", config.host, grpc_port, " (TLS)" if config.tls else "")
@@ -112,7 +113,7 @@ async def start(config: ServerConfig) -> RunningServer:
         api = RestApi(dataplane, repository, metrics, config.monitoring)
         runner = web.AppRunner(api.app(config.grpc_max_message_bytes), access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, config.host, config.rest_api_port)
+        site = web.TCPSite(runner, config.host, config.rest_api_port, reuse_port=config.workers > 1 or None)
         await site.start()
         rest_port = runner.addresses[0][1]
         log.info("REST listening on %s:%d", config.host, rest_port)

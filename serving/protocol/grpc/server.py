@@ -198,12 +198,13 @@ def create_server(
     max_message_bytes: int,
     tls: TlsConfig | None = None,
     channel_arguments: Sequence[tuple[str, int | str]] = (),
+    reuse_port: bool = False,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Build (not start) the gRPC server; returns it, the bound port and the health servicer."""
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),  # only worker processes share a port
         *channel_arguments,
     ]
     server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
