@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +82,30 @@ def engine_floor(version_dir: Path, images: np.ndarray, repeats: int) -> dict[in
     return result
 
 
+async def closed_loop(
+    send: Callable[[int], Awaitable[bool]], callers: int, seconds: float, budget: int
+) -> tuple[list[float], int]:
+    """`callers` loops, each sending its next request when the last answered, until `seconds` or
+    `budget` requests; `send(index)` returns whether the request succeeded. Returns the latencies
+    of the successful ones and the error count."""
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def caller(index: int) -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline and len(latencies) + errors < budget:
+            started = time.perf_counter()
+            if await send(index):
+                latencies.append(time.perf_counter() - started)
+            else:
+                errors += 1
+            index += callers
+
+    await asyncio.gather(*(caller(i) for i in range(callers)))
+    return latencies, errors
+
+
 def _grpc_worker(
     target: str,
     model: str,
@@ -100,28 +124,19 @@ def _grpc_worker(
         for image in images:
             request = apis_pb2.PredictRequest()
             request.model_spec.name = model
-            request.inputs["image"].CopyFrom(codec.from_numpy(image[None]))
+            codec.from_numpy(image[None], request.inputs["image"])
             requests.append(request)
-        latencies: list[float] = []
-        errors = 0
-        deadline = time.perf_counter() + seconds
         async with grpc.aio.insecure_channel(target) as channel:
             stub = apis_pb2_grpc.PredictionServiceStub(channel)
 
-            async def caller(offset: int) -> None:
-                nonlocal errors
-                index = offset
-                while time.perf_counter() < deadline and len(latencies) + errors < budget:
-                    started = time.perf_counter()
-                    try:
-                        await stub.Predict(requests[index % len(requests)], timeout=10)
-                        latencies.append(time.perf_counter() - started)
-                    except grpc.aio.AioRpcError:
-                        errors += 1
-                    index += callers
+            async def send(index: int) -> bool:
+                try:
+                    await stub.Predict(requests[index % len(requests)], timeout=10)
+                    return True
+                except grpc.aio.AioRpcError:
+                    return False
 
-            await asyncio.gather(*(caller(i) for i in range(callers)))
-        return latencies, errors
+            return await closed_loop(send, callers, seconds, budget)
 
     queue.put(asyncio.run(run()))
 
@@ -139,28 +154,16 @@ def _rest_worker(
 
     async def run() -> tuple[list[float], int]:
         bodies = [json.dumps({"instances": image[None].tolist()}) for image in images]
-        latencies: list[float] = []
-        errors = 0
-        deadline = time.perf_counter() + seconds
         async with aiohttp.ClientSession() as session:
 
-            async def caller(offset: int) -> None:
-                nonlocal errors
-                index = offset
-                while time.perf_counter() < deadline and len(latencies) + errors < budget:
-                    started = time.perf_counter()
-                    async with session.post(
-                        f"{url}/v1/models/{model}:predict", data=bodies[index % len(bodies)]
-                    ) as response:
-                        await response.read()
-                        if response.status == 200:
-                            latencies.append(time.perf_counter() - started)
-                        else:
-                            errors += 1
-                    index += callers
+            async def send(index: int) -> bool:
+                async with session.post(
+                    f"{url}/v1/models/{model}:predict", data=bodies[index % len(bodies)]
+                ) as response:
+                    await response.read()
+                    return response.status == 200
 
-            await asyncio.gather(*(caller(i) for i in range(callers)))
-        return latencies, errors
+            return await closed_loop(send, callers, seconds, budget)
 
     queue.put(asyncio.run(run()))
 
