@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from serving.config import BatchingConfig
-from serving.errors import ResourceExhausted
+from serving.errors import ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,17 @@ class Batcher:
         config: BatchingConfig,
         executor: Executor | None = None,
         observe: Observer | None = None,
+        inline: Callable[[int], bool] | None = None,
     ) -> None:
         self._run_batch = run_batch
         self.config = config
         self._executor = executor
         self._observe = observe
+        # rows -> whether a batch that size is cheap enough to run on the event loop itself.
+        self._inline = inline or (lambda rows: False)
         self._queues: dict[tuple[object, ...], list[_Pending]] = {}
         self._timers: dict[tuple[object, ...], asyncio.TimerHandle] = {}
+        self._scheduled: set[tuple[object, ...]] = set()
         self._free_slots = config.num_batch_threads
         self._tasks: set[asyncio.Task[None]] = set()
         self.queued_rows = 0
@@ -81,8 +85,16 @@ class Batcher:
         key = batch_key(inputs)
         self._queues.setdefault(key, []).append(pending)
         self.queued_rows += rows
-        self._dispatch(key)
+        if key not in self._scheduled:
+            # Cut batches at the end of this event-loop turn, so requests decoded in the same turn
+            # (several streams arrive in one read) share a batch even on an idle engine.
+            self._scheduled.add(key)
+            asyncio.get_running_loop().call_soon(self._on_scheduled, key)
         return await pending.future
+
+    def _on_scheduled(self, key: tuple[object, ...]) -> None:
+        self._scheduled.discard(key)
+        self._dispatch(key)
 
     def _dispatch(self, key: tuple[object, ...]) -> None:
         """Start batches for `key` while an engine slot is free and a batch is due.
@@ -108,6 +120,9 @@ class Batcher:
             while queue and rows + queue[0].rows <= self.config.max_batch_size:
                 rows += queue[0].rows
                 batch.append(queue.pop(0))
+            if self._inline(self._padded(rows)):
+                self._execute_inline(batch)
+                continue
             self._free_slots -= 1
             task = loop.create_task(self._execute(batch))
             self._tasks.add(task)
@@ -128,6 +143,34 @@ class Batcher:
                 return size
         return rows
 
+    def _execute_inline(self, batch: list[_Pending]) -> None:
+        """Run a cheap batch right here on the event loop (no thread hop), then answer its callers."""
+        try:
+            live = [p for p in batch if not p.future.cancelled()]
+            if live:
+                rows = sum(p.rows for p in live)
+                padded = self._padded(rows)
+                started = time.perf_counter()
+                outputs = self._concat_and_run(live, padded)
+                if self._observe is not None:
+                    self._observe(rows, padded, time.perf_counter() - started)
+                self._answer(live, outputs)
+        except Exception as exc:  # every caller in the batch learns the cause
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+        finally:
+            self.queued_rows -= sum(p.rows for p in batch)
+
+    @staticmethod
+    def _answer(live: list[_Pending], outputs: dict[str, np.ndarray]) -> None:
+        offset = 0
+        for pending in live:
+            part = {name: value[offset : offset + pending.rows] for name, value in outputs.items()}
+            offset += pending.rows
+            if not pending.future.done():
+                pending.future.set_result(part)
+
     async def _execute(self, batch: list[_Pending]) -> None:
         try:
             live = [p for p in batch if not p.future.cancelled()]
@@ -140,12 +183,7 @@ class Batcher:
             outputs = await loop.run_in_executor(self._executor, self._concat_and_run, live, padded)
             if self._observe is not None:
                 self._observe(rows, padded, time.perf_counter() - started)
-            offset = 0
-            for pending in live:
-                part = {name: value[offset : offset + pending.rows] for name, value in outputs.items()}
-                offset += pending.rows
-                if not pending.future.done():
-                    pending.future.set_result(part)
+            self._answer(live, outputs)
         except BaseException as exc:  # every caller in the batch learns the cause
             for pending in batch:
                 if not pending.future.done():
@@ -187,7 +225,7 @@ class Batcher:
         for queue in self._queues.values():
             for pending in queue:
                 if not pending.future.done():
-                    pending.future.set_exception(ResourceExhausted("the server is shutting down"))
+                    pending.future.set_exception(Unavailable("the model version is being unloaded; retry"))
         self._queues.clear()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)

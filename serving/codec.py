@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from serving.proto import tensor_pb2
 
 DataType = tensor_pb2.DataType
 STRING = np.dtype(object)
+MAX_RANK = 32  # numpy 1.x allows 32 dims (numpy 2: 64); no served model takes more than 5
 
 # DataType -> numpy dtype, for the dtypes the server can carry.
 _NUMPY_OF: dict[int, np.dtype] = {
@@ -91,29 +92,37 @@ def data_type(dtype: np.dtype) -> int:
         raise InvalidArgument(f"unsupported numpy dtype {dtype}") from None
 
 
-def data_type_name(dtype: np.dtype) -> str:
-    return str(tensor_pb2.DataType.Name(data_type(dtype)))
+def check_shape(shape: Sequence[int], itemsize: int, max_bytes: int, name: str) -> int:
+    """Validate shape arithmetic before numpy sees it; returns the element count.
+
+    Rejects negative dims, more than MAX_RANK dims, and shapes whose dims multiply past `max_bytes`
+    even when another dim is 0 (numpy refuses such shapes with "array is too big" even for an empty
+    array), so no later `reshape`/`empty` can fail on an overflow.
+    """
+    if len(shape) > MAX_RANK:
+        raise InvalidArgument(f"input '{name}': rank {len(shape)} is over the limit of {MAX_RANK}")
+    if any(d < 0 for d in shape):
+        raise InvalidArgument(f"input '{name}': negative dimension in shape {list(shape)}")
+    nonzero = math.prod(d for d in shape if d)  # Python ints: no overflow
+    if nonzero * itemsize > max_bytes:
+        raise InvalidArgument(
+            f"input '{name}': shape {list(shape)} needs {nonzero * itemsize} bytes"
+            f"{' (ignoring its zero dims)' if 0 in shape else ''}, over the {max_bytes}-byte limit"
+        )
+    return math.prod(shape)
 
 
 def _shape_of(proto: tensor_pb2.TensorProto, name: str) -> tuple[int, ...]:
     if proto.tensor_shape.unknown_rank:
         raise InvalidArgument(f"input '{name}': tensor_shape has unknown rank")
-    shape = tuple(int(d.size) for d in proto.tensor_shape.dim)
-    if any(d < 0 for d in shape):
-        raise InvalidArgument(f"input '{name}': negative dimension in shape {list(shape)}")
-    return shape
+    return tuple(int(d.size) for d in proto.tensor_shape.dim)
 
 
 def to_numpy(proto: tensor_pb2.TensorProto, name: str = "tensor", max_bytes: int = 1 << 30) -> np.ndarray:
     """Decode a TensorProto; raises InvalidArgument for anything malformed or larger than max_bytes."""
     dtype = numpy_dtype(proto.dtype)
     shape = _shape_of(proto, name)
-    count = math.prod(shape)
-    itemsize = 8 if dtype == STRING else dtype.itemsize
-    if count * itemsize > max_bytes:
-        raise InvalidArgument(
-            f"input '{name}': shape {list(shape)} needs {count * itemsize} bytes, over the {max_bytes}-byte limit"
-        )
+    count = check_shape(shape, 8 if dtype == STRING else dtype.itemsize, max_bytes, name)
     if proto.tensor_content:
         if dtype == STRING:
             raise InvalidArgument(f"input '{name}': DT_STRING tensors cannot use tensor_content")
@@ -262,7 +271,3 @@ def numpy_to_json(array: np.ndarray, binary: bool = False) -> Any:
         raise InvalidArgument("complex outputs cannot be written as JSON")
     return array.tolist()
 
-
-def split_rows(mapping: Mapping[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
-    """Rows [start, stop) of every array (used by the batcher to hand each caller its part)."""
-    return {key: value[start:stop] for key, value in mapping.items()}

@@ -94,6 +94,7 @@ class ServerConfig:
     grpc_max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     file_system_poll_wait_seconds: float = 1.0
     drain_seconds: float = 10.0
+    lame_duck_seconds: float = 0.0
     model_config_file: Path | None = None
     tls: TlsConfig | None = None
     inline_engine_micros: float = 200.0
@@ -240,9 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve exported models over TensorFlow Serving's gRPC and REST APIs (ONNX Runtime).",
     )
     add = parser.add_argument
-    add("--port", type=int, default=8500, help="gRPC port (0 picks a free one)")
-    add("--rest_api_port", type=int, default=8501, help="REST port (0 picks a free one; -1 disables REST)")
-    add("--host", default="0.0.0.0", help="address to bind both ports to")
+    add("--port", type=int, default=ServerConfig.port, help="gRPC port (0 picks a free one)")
+    add("--rest_api_port", type=int, default=ServerConfig.rest_api_port, help="REST port (0 picks a free one; -1 disables REST)")
+    add("--host", default=ServerConfig.host, help="address to bind both ports to")
     add("--model_name", default=None, help="name of the single model to serve (with --model_base_path)")
     add("--model_base_path", default=None, help="folder holding <version>/ subfolders of one model")
     add(
@@ -259,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--file_system_poll_wait_seconds",
         type=float,
-        default=1.0,
+        default=ServerConfig.file_system_poll_wait_seconds,
         help="how often to look for new versions (0: only at start)",
     )
     add(
@@ -289,42 +290,55 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--grpc_max_message_bytes",
         type=int,
-        default=DEFAULT_MAX_MESSAGE_BYTES,
+        default=ServerConfig.grpc_max_message_bytes,
         help="largest gRPC message accepted and sent",
     )
-    add("--backend", choices=("onnx", "tensorflow"), default="onnx", help="inference engine")
+    add("--backend", choices=("onnx", "tensorflow"), default=ServerConfig.backend, help="inference engine")
     add(
         "--onnx_providers",
-        default="CPUExecutionProvider",
+        default=",".join(ServerConfig.onnx_providers),
         help="comma-separated ONNX Runtime providers, in order of preference",
     )
     add(
         "--tensorflow_intra_op_parallelism",
         type=int,
-        default=0,
-        help="threads inside one op (0: engine default)",
+        default=ServerConfig.intra_op_threads,
+        help="engine threads inside one op; 0 (auto): one thread for models whose one-row call takes "
+        "under 1 ms at warm-up (the thread pool's hand-offs cost more than it gains there), the "
+        "engine's default (one per core) for larger ones",
     )
     add(
         "--tensorflow_inter_op_parallelism",
         type=int,
-        default=0,
+        default=ServerConfig.inter_op_threads,
         help="ops run in parallel (0: engine default)",
     )
     add(
         "--inline_engine_micros",
         type=float,
-        default=200.0,
-        help="engine calls faster than this (moving average) run on the event loop, not a worker thread; 0 disables",
+        default=ServerConfig.inline_engine_micros,
+        help="engine calls expected (from the warm-up timing) to take less than this run on the event "
+        "loop, not a worker thread; 0 disables",
     )
     add(
         "--workers",
         type=int,
-        default=1,
+        default=ServerConfig.workers,
         help="server processes sharing both ports (SO_REUSEPORT), each with every model: one Python "
         "process serves about one core's worth of requests",
     )
     add(
-        "--drain_seconds", type=float, default=10.0, help="on SIGTERM, how long in-flight requests may finish"
+        "--drain_seconds",
+        type=float,
+        default=ServerConfig.drain_seconds,
+        help="on SIGTERM, how long admitted requests may take to finish (new ones get UNAVAILABLE)",
+    )
+    add(
+        "--lame_duck_seconds",
+        type=float,
+        default=ServerConfig.lame_duck_seconds,
+        help="on SIGTERM, keep serving normally this long (health already NOT_SERVING) before the "
+        "drain, for clients still routed here; in Kubernetes a preStop sleep does this instead",
     )
     return parser
 
@@ -356,6 +370,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         if args.monitoring_config_file
         else MonitoringConfig()
     )
+    if args.drain_seconds < 0 or args.lame_duck_seconds < 0:
+        raise ConfigError("--drain_seconds and --lame_duck_seconds must be >= 0")
     if args.workers < 1:
         raise ConfigError("--workers must be at least 1")
     if args.grpc_max_message_bytes < 1024:
@@ -374,6 +390,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         grpc_max_message_bytes=args.grpc_max_message_bytes,
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
         drain_seconds=args.drain_seconds,
+        lame_duck_seconds=args.lame_duck_seconds,
         model_config_file=config_file,
         tls=parse_ssl_text(_read(Path(args.ssl_config_file), "--ssl_config_file"))
         if args.ssl_config_file

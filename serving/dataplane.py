@@ -17,16 +17,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving.backends.base import Signature, TensorMeta
-from serving.batching import Batcher
+from serving.backends import Backend, Signature, TensorMeta
+from serving.batching import Batcher, rows_of
 from serving.codec import STRING, dtype_name
 from serving.config import BatchingConfig
-from serving.errors import FailedPrecondition, InvalidArgument, NotFound
+from serving.errors import FailedPrecondition, InvalidArgument
 from serving.metrics import Metrics
 from serving.repository import ModelVersion, Repository
 
 DEFAULT_SIGNATURE = "serving_default"
-PREDICT_METHOD = "tensorflow/serving/predict"
 MAX_STRING_BYTES = 16 * 1024 * 1024  # one string element (an image, a text)
 
 
@@ -126,12 +125,11 @@ class DataPlane:
         self.executor = executor
         self.batching = batching
         self.max_tensor_bytes = max_tensor_bytes
-        self._batchers: dict[tuple[str, int, str], Batcher] = {}
-        # Engine calls that reliably take less than this run on the event loop: for them the hop to
-        # a worker thread (a future, two wake-ups) costs more CPU than the call itself. Measured as
-        # a moving average per model version and signature; slower calls go to worker threads.
+        # Engine calls expected to take less than this run on the event loop: for them the hop to
+        # a worker thread (a future, two thread wake-ups, GIL hand-offs) costs more CPU than the
+        # call itself. The expectation is the version's warm-up measurement (`EngineCost`), taken
+        # before it served, so it is not inflated by the contention of worker threads under load.
         self.inline_engine_seconds = inline_engine_seconds
-        self._engine_seconds: dict[tuple[str, int, str], float] = {}
 
     # -- resolution ------------------------------------------------------------------------------
 
@@ -140,10 +138,15 @@ class DataPlane:
         try:
             return signatures[name or DEFAULT_SIGNATURE]
         except KeyError:
-            raise NotFound(
-                f"model '{version.name}' version {version.version} has no signature '{name}'; "
-                f"it has {sorted(signatures)}"
+            # TF Serving's code and wording (predict_util.cc), then what this version does have.
+            raise FailedPrecondition(
+                f'Serving signature key "{name}" not found. Model \'{version.name}\' version '
+                f"{version.version} has signatures {sorted(signatures)}"
             ) from None
+
+    def _inline(self, version: ModelVersion, signature: str, rows: int) -> bool:
+        cost = version.engine_costs.get(signature)
+        return cost is not None and cost.seconds(rows) < self.inline_engine_seconds
 
     # -- predict ---------------------------------------------------------------------------------
 
@@ -158,12 +161,27 @@ class DataPlane:
         output_filter: Sequence[str] = (),
     ) -> Result:
         resolved = self.repository.resolve(model, version, label)
+        # The lease keeps this version's engine open until the answer is computed, even if a newer
+        # version replaces it meanwhile (no await between resolve and acquire: no gap to race).
+        resolved.acquire()
+        try:
+            return await self._predict(resolved, inputs, signature, output_filter)
+        finally:
+            resolved.release()
+
+    async def _predict(
+        self,
+        resolved: ModelVersion,
+        inputs: dict[str, np.ndarray],
+        signature: str,
+        output_filter: Sequence[str],
+    ) -> Result:
         sig = self.signature_of(resolved, signature)
         validate_inputs(sig, inputs)
         for name in output_filter:
-            if name not in sig.outputs:
+            if not isinstance(name, str) or name not in sig.outputs:
                 raise InvalidArgument(
-                    f"output_filter names '{name}', which signature '{sig.name}' does not have; "
+                    f"output_filter names {name!r}, which signature '{sig.name}' does not have; "
                     f"outputs are {sorted(sig.outputs)}"
                 )
         total = sum(v.nbytes if v.dtype != STRING else sum(map(len, v.reshape(-1))) for v in inputs.values())
@@ -171,7 +189,7 @@ class DataPlane:
             raise InvalidArgument(f"inputs total {total} bytes, over the {self.max_tensor_bytes}-byte limit")
 
         backend = resolved.backend
-        assert backend is not None  # resolve() only returns AVAILABLE versions
+        assert backend is not None  # resolve() returns AVAILABLE versions; the lease keeps it so
         loop = asyncio.get_running_loop()
         prepared = (
             await loop.run_in_executor(self.executor, backend.prepare, sig.name, inputs)
@@ -180,50 +198,47 @@ class DataPlane:
         )
         if self.batching is not None:
             outputs = await self._batcher(resolved, sig.name).submit(prepared)
+        elif self._inline(resolved, sig.name, rows_of(prepared)):
+            outputs = self._run(resolved, backend, sig.name, prepared)
         else:
-            key = (resolved.name, resolved.version, sig.name)
-            if self._engine_seconds.get(key, float("inf")) < self.inline_engine_seconds:
-                outputs = self._run(resolved, sig.name, prepared)
-            else:
-                outputs = await loop.run_in_executor(self.executor, self._run, resolved, sig.name, prepared)
+            outputs = await loop.run_in_executor(
+                self.executor, self._run, resolved, backend, sig.name, prepared
+            )
         if output_filter:
             outputs = {name: outputs[name] for name in output_filter}
         return Result(resolved, sig.name, outputs)
 
     def _run(
-        self, version: ModelVersion, signature: str, inputs: Mapping[str, np.ndarray]
+        self, version: ModelVersion, backend: Backend, signature: str, inputs: Mapping[str, np.ndarray]
     ) -> dict[str, np.ndarray]:
-        assert version.backend is not None
-        rows = next(iter(inputs.values())).shape[0]
         started = time.perf_counter()
-        outputs = version.backend.run(signature, inputs)
-        seconds = time.perf_counter() - started
-        key = (version.name, version.version, signature)
-        previous = self._engine_seconds.get(key)
-        self._engine_seconds[key] = seconds if previous is None else 0.9 * previous + 0.1 * seconds
-        self.metrics.engine_seconds.labels(version.name, signature).observe(seconds)
-        self.metrics.batch_size.labels(version.name, signature).observe(rows)
+        outputs = backend.run(signature, inputs)
+        self.metrics.engine(version.name, signature).observe(
+            rows_of(inputs), rows_of(inputs), time.perf_counter() - started
+        )
         return outputs
 
     def _batcher(self, version: ModelVersion, signature: str) -> Batcher:
-        key = (version.name, version.version, signature)
-        batcher = self._batchers.get(key)
+        """The version's batcher for `signature`, made on first use; the version owns and closes it."""
+        batcher = version.batchers.get(signature)
         if batcher is None:
-            assert self.batching is not None
+            assert self.batching is not None and version.backend is not None
             backend = version.backend
-            assert backend is not None
-            labels = (version.name, signature)
+            engine = self.metrics.engine(version.name, signature)
+            queued = self.metrics.queued_rows.labels(version.name)
 
             def observe(rows: int, padded: int, seconds: float) -> None:
-                self.metrics.batch_size.labels(*labels).observe(rows)
-                self.metrics.batch_padding.labels(*labels).inc(padded - rows)
-                self.metrics.engine_seconds.labels(*labels).observe(seconds)
-                self.metrics.queued_rows.labels(version.name).set(self._batchers[key].queued_rows)
+                engine.observe(rows, padded, seconds)
+                queued.set(sum(b.queued_rows for b in version.batchers.values()))
 
             batcher = Batcher(
-                lambda tensors: backend.run(signature, tensors), self.batching, self.executor, observe
+                lambda tensors: backend.run(signature, tensors),
+                self.batching,
+                self.executor,
+                observe,
+                inline=lambda rows: self._inline(version, signature, rows),
             )
-            self._batchers[key] = batcher
+            version.batchers[signature] = batcher
         return batcher
 
     # -- classify --------------------------------------------------------------------------------
@@ -270,8 +285,8 @@ class DataPlane:
                     )
                 stacked = np.stack([v.astype(meta.dtype).reshape(meta.shape[1:]) for v in values])
             inputs[name] = stacked
+        labels = resolved.backend.labels  # read now: the version may be unloaded once predict returns
         result = await self.predict(model, inputs, version=resolved.version, signature=sig.name)
-        labels = resolved.backend.labels
         probabilities = result.outputs["probabilities"]
         classes = [[(labels[i], float(row[i])) for i in range(len(labels))] for row in probabilities]
         return result, classes
@@ -284,5 +299,4 @@ class DataPlane:
         resolved = self.repository.resolve(model, version, label)
         return resolved, resolved.signatures()
 
-    async def close(self) -> None:
-        await asyncio.gather(*(b.close() for b in self._batchers.values()))
+

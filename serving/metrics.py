@@ -11,10 +11,12 @@ reports the sum over all of them.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
@@ -23,6 +25,21 @@ from serving.errors import ServingError
 # Microseconds, as TF Serving reports request latency: 100us .. 10s.
 _LATENCY_BUCKETS_US = (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1e6, 1e7)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class EngineMetrics:
+    """Per engine call: rows, padding rows, seconds (children of the labelled metrics)."""
+
+    __slots__ = ("_batch_size", "_padding", "_seconds")
+
+    def __init__(self, batch_size: Any, padding: Any, seconds: Any) -> None:
+        self._batch_size, self._padding, self._seconds = batch_size, padding, seconds
+
+    def observe(self, rows: int, padded: int, seconds: float) -> None:
+        self._batch_size.observe(rows)
+        if padded > rows:
+            self._padding.inc(padded - rows)
+        self._seconds.observe(seconds)
 
 
 class Metrics:
@@ -79,6 +96,26 @@ class Metrics:
             multiprocess_mode="livemin",
         )
 
+        # Label children, looked up once: `labels(...)` takes a lock and builds a tuple per call,
+        # which is measurable on a request path that costs a few hundred microseconds in all.
+        self._requests: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+        self._engines: dict[tuple[str, str], EngineMetrics] = {}
+
+    def observe_request(self, model: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
+        """Count one finished request; `status` is the gRPC code name it ended with."""
+        key = (model, api, entrypoint, status)
+        children = self._requests.get(key)
+        if children is None:
+            name = model if model in self.model_names else "<unknown>"
+            children = (
+                self.request_count.labels(name, api, entrypoint, status),
+                self.request_latency.labels(name, api, entrypoint),
+            )
+            if len(self._requests) < 10_000:  # request-chosen names collapse, but bound the cache too
+                self._requests[key] = children
+        children[0].inc()
+        children[1].observe(seconds * 1e6)
+
     @contextmanager
     def track(self, model: str, api: str, entrypoint: str) -> Iterator[None]:
         """Count one request and time it; the status label is the gRPC code name it ended with."""
@@ -89,13 +126,26 @@ class Metrics:
         except ServingError as exc:
             status = exc.grpc_code.name
             raise
+        except asyncio.CancelledError:
+            status = "CANCELLED"
+            raise
         except BaseException:
             status = "INTERNAL"
             raise
         finally:
-            name = model if model in self.model_names else "<unknown>"
-            self.request_count.labels(name, api, entrypoint, status).inc()
-            self.request_latency.labels(name, api, entrypoint).observe((time.perf_counter() - started) * 1e6)
+            self.observe_request(model, api, entrypoint, status, time.perf_counter() - started)
+
+    def engine(self, model: str, signature: str) -> EngineMetrics:
+        """The engine-call metrics of one model and signature (cached)."""
+        found = self._engines.get((model, signature))
+        if found is None:
+            found = EngineMetrics(
+                self.batch_size.labels(model, signature),
+                self.batch_padding.labels(model, signature),
+                self.engine_seconds.labels(model, signature),
+            )
+            self._engines[(model, signature)] = found
+        return found
 
     def render(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -14,12 +14,13 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from serving.backends.base import Backend, BackendOptions, Signature, load_backend
+from serving.backends import Backend, BackendOptions, Signature, load_backend
+from serving.batching import Batcher
 from serving.codec import STRING
 from serving.config import ModelConfig
 from serving.errors import NotFound, Unavailable
@@ -39,8 +40,31 @@ class State(enum.IntEnum):
     END = 50
 
 
-@dataclass
+@dataclass(frozen=True)
+class EngineCost:
+    """Seconds one engine call takes for a signature, measured at warm-up: `fixed + per_row * rows`.
+
+    Measured on the loading thread before the version serves (minimum of a few runs, so other
+    work on the machine inflates it little); the data plane uses it to decide whether a call is
+    cheap enough to run on the event loop (see `DataPlane`).
+    """
+
+    fixed: float
+    per_row: float
+
+    def seconds(self, rows: int) -> float:
+        return self.fixed + self.per_row * max(rows - 1, 0)
+
+
+@dataclass(eq=False)
 class ModelVersion:
+    """One loaded model version: a servable that owns its engine, batchers and statistics.
+
+    Requests lease it (`acquire` / `release`, on the event loop) from resolution until their answer
+    is computed, batch queue included; `unload` waits for the leases to end before it closes the
+    engine, so a version change never fails a request that already chose this version.
+    """
+
     name: str
     version: int
     path: Path
@@ -48,9 +72,45 @@ class ModelVersion:
     error: str = ""
     backend: Backend | None = None
     loaded_at: float = 0.0
+    engine_costs: dict[str, EngineCost] = field(default_factory=dict)
+    batchers: dict[str, Batcher] = field(default_factory=dict)
+    in_flight: int = 0
+    _released: asyncio.Event | None = field(default=None, repr=False)
 
     def signatures(self) -> dict[str, Signature]:
         return dict(self.backend.signatures()) if self.backend else {}
+
+    def acquire(self) -> None:
+        self.in_flight += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0 and self._released is not None:
+            self._released.set()
+
+    async def unload(self, timeout: float) -> None:
+        """UNLOADING (no new request resolves to it), wait for leases up to `timeout`, then END."""
+        self.state = State.UNLOADING
+        if self.in_flight:
+            self._released = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._released.wait(), timeout)
+            except TimeoutError:
+                log.warning(
+                    "%s version %d: %d requests still running after %.1fs; unloading anyway",
+                    self.name,
+                    self.version,
+                    self.in_flight,
+                    timeout,
+                )
+        batchers = list(self.batchers.values())
+        self.batchers.clear()
+        await asyncio.gather(*(batcher.close() for batcher in batchers))
+        self.engine_costs.clear()
+        backend, self.backend = self.backend, None
+        if backend is not None:
+            backend.close()
+        self.state = State.END
 
 
 @dataclass
@@ -71,17 +131,39 @@ def discover_versions(base_path: Path, platform: str) -> list[int]:
     return sorted(found)
 
 
-def warm_up(backend: Backend) -> None:
-    """Run every signature once on a dummy batch of one, so the first real request is not slow."""
+def warm_up(backend: Backend, repeats: int = 3) -> dict[str, EngineCost]:
+    """Run every signature on dummy batches of 1 and 8 rows, so the first real request is not slow,
+    and return what each call costs (signatures with string or variable-size inputs are skipped:
+    they have no meaningful dummy value, and are warmed by use)."""
+    costs: dict[str, EngineCost] = {}
     for name, signature in backend.signatures().items():
         if any(meta.dtype == STRING for meta in signature.inputs.values()):
-            continue  # encoded inputs have no meaningful dummy value; the preprocess path is warmed by use
+            continue
         if any(d < 0 for meta in signature.inputs.values() for d in meta.shape[1:]):
             continue
-        dummy = {
-            key: np.zeros((1, *meta.shape[1:]), dtype=meta.dtype) for key, meta in signature.inputs.items()
-        }
-        backend.run(name, backend.prepare(name, dummy))
+        seconds = {}
+        for rows in (1, 8):
+            dummy = {
+                key: np.zeros((rows, *meta.shape[1:]), dtype=meta.dtype)
+                for key, meta in signature.inputs.items()
+            }
+            prepared = backend.prepare(name, dummy)
+            backend.run(name, prepared)  # the first call allocates; not timed
+            timings = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                backend.run(name, prepared)
+                timings.append(time.perf_counter() - started)
+            seconds[rows] = min(timings)
+        costs[name] = EngineCost(seconds[1], max(seconds[8] - seconds[1], 0.0) / 7)
+    return costs
+
+
+# With `--tensorflow_intra_op_parallelism` left at 0 (auto), a version loads with one engine
+# thread; if one row of its slowest signature takes longer than this, it is reloaded with the
+# engine's default (one thread per core). Small models (digits: 0.1 ms) lose more to the thread
+# pool's hand-offs than they gain; large ones (a 224-px MobileNet: 2 ms and up) gain from it.
+SINGLE_THREAD_MAX_SECONDS = 1e-3
 
 
 Loader = Callable[[str, Path, BackendOptions], Backend]
@@ -97,12 +179,15 @@ class Repository:
         options: BackendOptions,
         executor: Executor | None = None,
         loader: Loader = load_backend,
+        unload_timeout_seconds: float = 30.0,
     ) -> None:
         self.models: dict[str, Model] = {c.name: Model(c) for c in configs}
         self.platform = platform
         self.options = options
         self.executor = executor
         self.loader = loader
+        # How long an unloading version waits for the requests that hold it (then it closes anyway).
+        self.unload_timeout_seconds = unload_timeout_seconds
         self.on_change: Callable[[ModelVersion], None] = lambda version: None
         self._lock = asyncio.Lock()
 
@@ -128,9 +213,7 @@ class Repository:
             if found is None or found.state == State.END:
                 raise NotFound(f"Servable not found for request: model '{name}' version {version}")
             if found.state != State.AVAILABLE:
-                raise Unavailable(
-                    f"model '{name}' version {version} is {found.state.name}, not yet available"
-                )
+                raise Unavailable(f"model '{name}' version {version} is {found.state.name}, not AVAILABLE")
             return found
         available = [v for v in model.versions.values() if v.state == State.AVAILABLE]
         if not available:
@@ -175,9 +258,14 @@ class Repository:
             or (model.versions[v].state == State.END and not model.versions[v].error)
         ]
         await asyncio.gather(*loads)
-        for version in list(model.versions.values()):
-            if version.version not in wanted and version.state == State.AVAILABLE:
-                await self._unload(version)
+        # Unload only after the new versions are AVAILABLE, so requests always find one.
+        await asyncio.gather(
+            *(
+                self._unload(version)
+                for version in list(model.versions.values())
+                if version.version not in wanted and version.state == State.AVAILABLE
+            )
+        )
 
     async def _load(self, model: Model, version: int) -> None:
         path = model.config.base_path / str(version)
@@ -188,12 +276,13 @@ class Repository:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            backend = await loop.run_in_executor(self.executor, self._load_and_warm, path)
+            backend, costs = await loop.run_in_executor(self.executor, self._load_and_warm, path)
         except Exception as exc:  # any failure to load is reported as the version's status
             log.exception("failed to load %s version %d", entry.name, version)
             entry.state, entry.error = State.END, f"{type(exc).__name__}: {exc}"
         else:
-            entry.backend, entry.state, entry.loaded_at = backend, State.AVAILABLE, time.time()
+            entry.backend, entry.engine_costs, entry.loaded_at = backend, costs, time.time()
+            entry.state = State.AVAILABLE
             log.info(
                 "%s version %d AVAILABLE (%s, %.2fs, signatures %s)",
                 entry.name,
@@ -204,32 +293,39 @@ class Repository:
             )
         self.on_change(entry)
 
-    def _load_and_warm(self, path: Path) -> Backend:
-        backend = self.loader(self.platform, path, self.options)
-        warm_up(backend)
-        return backend
+    def _load_and_warm(self, path: Path) -> tuple[Backend, dict[str, EngineCost]]:
+        """Load and warm up a version (in a worker thread); picks engine threads when on auto."""
+        auto_threads = self.options.intra_op_threads == 0
+        options = replace(self.options, intra_op_threads=1) if auto_threads else self.options
+        backend = self.loader(self.platform, path, options)
+        costs = warm_up(backend)
+        slowest = max((cost.fixed for cost in costs.values()), default=0.0)
+        if auto_threads and slowest > SINGLE_THREAD_MAX_SECONDS:
+            log.info(
+                "%s: %.2f ms per row on one engine thread: reloading with the engine's default threads",
+                path,
+                slowest * 1e3,
+            )
+            backend.close()
+            backend = self.loader(self.platform, path, self.options)
+            costs = warm_up(backend)
+        return backend, costs
 
     async def _unload(self, entry: ModelVersion) -> None:
-        log.info("unloading %s version %d", entry.name, entry.version)
+        log.info("unloading %s version %d (%d requests in flight)", entry.name, entry.version, entry.in_flight)
         entry.state = State.UNLOADING
         self.on_change(entry)
-        backend, entry.backend = entry.backend, None
-        if backend is not None:
-            backend.close()
-        entry.state = State.END
+        await entry.unload(self.unload_timeout_seconds)
         self.on_change(entry)
+        log.info("%s version %d unloaded", entry.name, entry.version)
 
-    async def poll_forever(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.sync()
-            except Exception:
-                log.exception("model repository poll failed; will retry")
-
-    async def close(self) -> None:
-        for model in self.models.values():
-            for entry in model.versions.values():
-                if entry.backend is not None:
-                    entry.backend.close()
-                    entry.backend = None
+    async def close(self, timeout: float = 0.0) -> None:
+        """Unload every version (the server is stopping: requests have been drained already)."""
+        await asyncio.gather(
+            *(
+                entry.unload(timeout)
+                for model in self.models.values()
+                for entry in model.versions.values()
+                if entry.backend is not None
+            )
+        )

@@ -1,9 +1,17 @@
 """Server lifecycle: build the parts from a `ServerConfig`, start both ports, load models, drain.
 
 Start-up order matters to Kubernetes: both ports listen at once (so probes connect), health says
-NOT_SERVING until every configured model has an AVAILABLE, warmed-up version, then SERVING. On
-SIGTERM health flips back to NOT_SERVING, in-flight requests get `drain_seconds` to finish, and the
-process exits 0.
+NOT_SERVING until every configured model has an AVAILABLE, warmed-up version, then SERVING. With
+`--workers N`, readiness is shared: every worker answers SERVING only once all N are ready.
+
+Shutdown (SIGTERM or SIGINT) loses no request the server accepted:
+1. health turns NOT_SERVING at once, so load balancers and probes stop routing here;
+2. for `--lame_duck_seconds` the server keeps serving normally, for clients still routed to it while
+   endpoint lists catch up (in Kubernetes the Deployment's `preStop` sleep plays this part instead,
+   see k8s/base/deployment.yaml);
+3. then new requests are refused with UNAVAILABLE (HTTP 503), which clients retry elsewhere, while
+   every request already admitted runs to its answer, for up to `--drain_seconds`;
+4. only then do the ports close and the engines unload; the process exits 0.
 """
 
 from __future__ import annotations
@@ -12,18 +20,22 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2
 
-from serving.backends.base import BackendOptions
+from serving.admission import Admission
+from serving.backends import BackendOptions
 from serving.config import ServerConfig
 from serving.dataplane import DataPlane
 from serving.metrics import Metrics
-from serving.protocol.grpc.server import SERVICE_NAMES, create_server
+from serving.protocol import Services
+from serving.protocol.grpc.server import READINESS_SERVICES, create_server
 from serving.protocol.rest.app import RestApi
 from serving.repository import ModelVersion, Repository
 
@@ -32,45 +44,113 @@ log = logging.getLogger(__name__)
 # Health service name for liveness probes: SERVING from start to shutdown, whatever the models do,
 # so an empty or half-published model repository makes pods unready, never restarts them.
 LIVENESS_SERVICE = "liveness"
+# With --workers, how often a worker looks at the others' readiness.
+WORKER_READINESS_SECONDS = 0.1
+# After the drain, how long the transports get to finish writing (answers are computed by then).
+CLOSE_GRACE_SECONDS = 1.0
+# The ports close once no request (admitted or refused) has arrived for this long, so no call is in
+# transit when gRPC core shuts the transport (it would cancel it: CANCELLED, not retried by clients).
+QUIET_SECONDS = 0.1
+QUIET_MAX_SECONDS = 1.0  # callers that retry here in a loop do not hold the shutdown longer than this
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-@dataclass
+class Readiness(Protocol):
+    """Where a server publishes its own readiness and reads the whole group's (see `workers`)."""
+
+    def publish(self, ready: bool) -> None: ...
+
+    def all_ready(self) -> bool: ...
+
+
+class LocalReadiness:
+    """One process: ready is this process's own readiness."""
+
+    def __init__(self) -> None:
+        self._ready = False
+
+    def publish(self, ready: bool) -> None:
+        self._ready = ready
+
+    def all_ready(self) -> bool:
+        return self._ready
+
+
+@dataclass(kw_only=True)
 class RunningServer:
+    config: ServerConfig
+    services: Services
     grpc_server: grpc.aio.Server
     grpc_port: int
     rest_runner: web.AppRunner | None
     rest_port: int
-    health: health.aio.HealthServicer
-    repository: Repository
-    dataplane: DataPlane
     executor: ThreadPoolExecutor
-    poller: asyncio.Task[None] | None = None
+    readiness: Readiness
+    stopping: bool = False
+    serving: bool | None = None  # what health last reported
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    async def set_serving(self, serving: bool) -> None:
-        """Readiness: "" and the TF Serving services are SERVING only while every model is available."""
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for service in ("", *SERVICE_NAMES[:2]):
-            await self.health.set(service, status)
+    @property
+    def health(self) -> health.aio.HealthServicer:
+        return self.services.health
 
-    async def stop(self, drain_seconds: float) -> None:
-        await self.set_serving(False)
-        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
-        if self.poller is not None:
-            self.poller.cancel()
+    async def refresh_health(self) -> None:
+        """Readiness: SERVING only while every model (of every worker) is available and not stopping."""
+        local = self.services.repository.all_available() and not self.stopping
+        if local and self.serving is None:
+            log.info("all models available%s", "; waiting for the other workers" if self.config.workers > 1 else "")
+        self.readiness.publish(local)
+        ready = local and self.readiness.all_ready()
+        if ready != self.serving:
+            for service in READINESS_SERVICES:
+                await self.health.set(service, _SERVING if ready else _NOT_SERVING)
+            if ready:
+                log.info("health SERVING")
+            elif self.serving is not None:
+                log.info("health NOT_SERVING%s", " (stopping)" if self.stopping else "")
+            self.serving = ready
+
+    async def stop(self) -> None:
+        """Drain and stop (see the module docstring for the order)."""
+        config, admission = self.config, self.services.admission
+        self.stopping = True
+        await self.refresh_health()
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self.poller
-        stops = [self.grpc_server.stop(drain_seconds)]
+                await task
+        if config.lame_duck_seconds > 0:
+            log.info("lame duck: still serving for %.1fs while clients move away", config.lame_duck_seconds)
+            await asyncio.sleep(config.lame_duck_seconds)
+        admission.close()
+        log.info(
+            "draining: refusing new requests; waiting up to %.1fs for %d in flight",
+            config.drain_seconds,
+            admission.in_flight,
+        )
+        deadline = time.monotonic() + config.drain_seconds
+        if not await admission.wait_idle(config.drain_seconds):
+            log.warning(
+                "%d requests still in flight after %.1fs; stopping anyway", admission.in_flight, config.drain_seconds
+            )
+        elif not await admission.wait_quiet(
+            QUIET_SECONDS, min(QUIET_MAX_SECONDS, max(deadline - time.monotonic(), 0.0))
+        ):
+            log.info("callers still arriving at the end of the drain: closing the ports anyway")
+        stops = [self.grpc_server.stop(CLOSE_GRACE_SECONDS)]
         if self.rest_runner is not None:
             stops.append(self.rest_runner.cleanup())
         await asyncio.gather(*stops)
-        await self.dataplane.close()
-        await self.repository.close()
+        # Requests refused while the ports closed may still be unwinding; let them finish.
+        await admission.wait_idle(CLOSE_GRACE_SECONDS)
+        await self.services.repository.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-async def start(config: ServerConfig) -> RunningServer:
+async def start(config: ServerConfig, readiness: Readiness | None = None) -> RunningServer:
     """Start listening and load the models; returns once every model has been tried once."""
     metrics = Metrics(model.name for model in config.models)
     workers = max(4, (config.batching.num_batch_threads if config.batching else 0) + 2)
@@ -80,7 +160,9 @@ async def start(config: ServerConfig) -> RunningServer:
         inter_op_threads=config.inter_op_threads,
         providers=config.onnx_providers,
     )
-    repository = Repository(config.models, config.backend, options, executor)
+    repository = Repository(
+        config.models, config.backend, options, executor, unload_timeout_seconds=config.drain_seconds
+    )
 
     def on_change(version: ModelVersion) -> None:
         metrics.model_state.labels(version.name, str(version.version)).set(int(version.state))
@@ -94,24 +176,16 @@ async def start(config: ServerConfig) -> RunningServer:
         max_tensor_bytes=config.grpc_max_message_bytes,
         inline_engine_seconds=config.inline_engine_micros / 1e6,
     )
+    services = Services(dataplane, repository, metrics, Admission(), health.aio.HealthServicer())
 
-    grpc_server, grpc_port, health_servicer = create_server(
-        dataplane,
-        repository,
-        metrics,
-        f"{config.host}:{config.port}",
-        config.grpc_max_message_bytes,
-        config.tls,
-        config.grpc_channel_arguments,
-        reuse_port=config.workers > 1,
-    )
+    grpc_server, grpc_port = create_server(services, config)
     await grpc_server.start()
     log.info("gRPC listening on %s:%d%s", config.host, grpc_port, " (TLS)" if config.tls else "")
 
     runner, rest_port = None, -1
     if config.rest_api_port >= 0:
-        api = RestApi(dataplane, repository, metrics, config.monitoring)
-        runner = web.AppRunner(api.app(config.grpc_max_message_bytes), access_log=None)
+        api = RestApi(dataplane, repository, metrics, config.monitoring)  # TODO admission
+        runner = web.AppRunner(api.app(config.grpc_max_message_bytes), access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         site = web.TCPSite(runner, config.host, config.rest_api_port, reuse_port=config.workers > 1 or None)
         await site.start()
@@ -119,42 +193,52 @@ async def start(config: ServerConfig) -> RunningServer:
         log.info("REST listening on %s:%d", config.host, rest_port)
 
     running = RunningServer(
-        grpc_server, grpc_port, runner, rest_port, health_servicer, repository, dataplane, executor
+        config=config,
+        services=services,
+        grpc_server=grpc_server,
+        grpc_port=grpc_port,
+        rest_runner=runner,
+        rest_port=rest_port,
+        executor=executor,
+        readiness=readiness or LocalReadiness(),
     )
-    await running.set_serving(False)
-    await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    await running.refresh_health()
+    await services.health.set(LIVENESS_SERVICE, _SERVING)
     await repository.sync()
-    if repository.all_available():
-        await running.set_serving(True)
-        log.info("all models available: health SERVING")
-    else:
+    if not repository.all_available():
         log.error("some models have no available version; health stays NOT_SERVING until they do")
+    await running.refresh_health()
     if config.file_system_poll_wait_seconds > 0:
-        running.poller = asyncio.create_task(_poll(running, config.file_system_poll_wait_seconds))
+        running.tasks.append(asyncio.create_task(_poll(running, config.file_system_poll_wait_seconds)))
+    if config.workers > 1:
+        running.tasks.append(asyncio.create_task(_watch_workers(running)))
     return running
 
 
 async def _poll(running: RunningServer, interval: float) -> None:
-    was_ready = running.repository.all_available()
     while True:
         await asyncio.sleep(interval)
         try:
-            await running.repository.sync()
+            await running.services.repository.sync()
         except Exception:
             log.exception("model repository poll failed; will retry")
-        ready = running.repository.all_available()
-        if ready != was_ready:
-            await running.set_serving(ready)
-            was_ready = ready
+        await running.refresh_health()
 
 
-async def serve(config: ServerConfig) -> None:
-    running = await start(config)
+async def _watch_workers(running: RunningServer) -> None:
+    """With --workers: follow the other workers' readiness (they publish it in shared memory)."""
+    while True:
+        await asyncio.sleep(WORKER_READINESS_SECONDS)
+        await running.refresh_health()
+
+
+async def serve(config: ServerConfig, readiness: Readiness | None = None) -> None:
+    running = await start(config, readiness)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down: draining for up to %.1fs", config.drain_seconds)
-    await running.stop(config.drain_seconds)
+    log.info("shutting down (signal received)")
+    await running.stop()
     log.info("stopped")

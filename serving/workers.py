@@ -2,8 +2,10 @@
 
 One Python process serves about one core's worth of requests (the request path runs on its event
 loop), so on a many-core node several processes share the ports and the kernel spreads connections
-over them. Each worker loads every model and answers health checks for itself; metrics are merged
-across workers (prometheus_client's multiprocess mode). The parent only starts the workers,
+over them. Each worker loads every model; readiness is shared (`SharedReadiness`, one byte per
+worker in shared memory), so whichever worker a probe reaches answers SERVING only once every
+worker is ready, and NOT_SERVING as soon as one stops. Metrics are merged across workers
+(prometheus_client's multiprocess mode). The parent only starts the workers,
 forwards SIGTERM/SIGINT to them, and exits with the worst status once all have stopped; if one
 worker dies, the others are stopped too, so the orchestrator restarts the whole pod.
 """
@@ -20,6 +22,7 @@ import sys
 import tempfile
 from dataclasses import replace
 from multiprocessing.connection import wait
+from typing import Any
 
 from serving.config import ServerConfig
 
@@ -35,7 +38,21 @@ def _reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
     return sock, sock.getsockname()[1]
 
 
-def _worker(config: ServerConfig, index: int) -> None:
+class SharedReadiness:
+    """One flag per worker in shared memory (written by its worker, read by all)."""
+
+    def __init__(self, flags: Any, index: int) -> None:
+        self._flags = flags  # multiprocessing.Array("b", workers, lock=False)
+        self._index = index
+
+    def publish(self, ready: bool) -> None:
+        self._flags[self._index] = 1 if ready else 0
+
+    def all_ready(self) -> bool:
+        return all(self._flags)
+
+
+def _worker(config: ServerConfig, index: int, flags: Any) -> None:
     import asyncio
 
     logging.basicConfig(
@@ -46,7 +63,7 @@ def _worker(config: ServerConfig, index: int) -> None:
     from serving.server import serve
 
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, SharedReadiness(flags, index)))
     except OSError as exc:
         logging.getLogger("serving").error("cannot start: %s", exc)
         sys.exit(1)
@@ -63,8 +80,10 @@ def run_workers(config: ServerConfig) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="serving-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by the workers
     context = multiprocessing.get_context("spawn")
+    flags = context.Array("b", config.workers, lock=False)  # readiness, one byte per worker
     workers = [
-        context.Process(target=_worker, args=(config, i), name=f"worker-{i}") for i in range(config.workers)
+        context.Process(target=_worker, args=(config, i, flags), name=f"worker-{i}")
+        for i in range(config.workers)
     ]
     stopping = False
 

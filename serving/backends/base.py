@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -63,15 +62,3 @@ class Backend(Protocol):
 
     def close(self) -> None: ...
 
-
-def load_backend(platform: str, version_dir: Path, options: BackendOptions) -> Backend:
-    """Load one model version with the named engine ("onnx" or "tensorflow")."""
-    if platform == "onnx":
-        from serving.backends.onnx_backend import OnnxBackend
-
-        return OnnxBackend(version_dir, options)
-    if platform == "tensorflow":
-        from serving.backends.tensorflow_backend import TensorFlowBackend
-
-        return TensorFlowBackend(version_dir, options)
-    raise ValueError(f"unknown backend {platform!r} (expected 'onnx' or 'tensorflow')")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from serving.backends.base import Signature
+from serving.backends import Signature
 from serving.codec import data_type
-from serving.errors import ServingError
 from serving.proto import apis_pb2, meta_graph_pb2, tensor_pb2
 from serving.repository import ModelVersion
 
@@ -16,8 +16,15 @@ SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
 
 
 def model_spec(version: ModelVersion, signature: str = "") -> apis_pb2.ModelSpec:
-    spec = apis_pb2.ModelSpec(name=version.name, signature_name=signature)
-    spec.version.value = version.version
+    """The ModelSpec of an answer. Shared and cached: callers copy it (message constructors and
+    `CopyFrom` do), never mutate it."""
+    return _model_spec(version.name, version.version, signature)
+
+
+@functools.lru_cache(maxsize=1024)
+def _model_spec(name: str, version: int, signature: str) -> apis_pb2.ModelSpec:
+    spec = apis_pb2.ModelSpec(name=name, signature_name=signature)
+    spec.version.value = version
     return spec
 
 
@@ -59,6 +66,3 @@ def status_response(versions: Iterable[ModelVersion]) -> apis_pb2.GetModelStatus
             status.status.error_message = entry.error
     return response
 
-
-def error_status(error: ServingError) -> apis_pb2.StatusProto:
-    return apis_pb2.StatusProto(error_code=error.grpc_code.value[0], error_message=error.message)

@@ -117,7 +117,7 @@ def test_metadata_is_plain_dicts(client: Client) -> None:
         (lambda c: c.predict("nope", {"image": _images(1)}), "NOT_FOUND", 404),
         (lambda c: c.status("nope"), "NOT_FOUND", 404),
         (lambda c: c.metadata("digits", version=9), "NOT_FOUND", 404),
-        (lambda c: c.predict("digits", {"image": _images(1)}, signature="nope"), "NOT_FOUND", 404),
+        (lambda c: c.predict("digits", {"image": _images(1)}, signature="nope"), "FAILED_PRECONDITION", 400),
         (lambda c: c.predict("digits", {"image": _images(1)[:, :14]}), "INVALID_ARGUMENT", 400),
         (lambda c: c.predict("digits", {"pixels": _images(1)}), "INVALID_ARGUMENT", 400),
         (

@@ -11,7 +11,7 @@ import pytest
 
 from serving.batching import Batcher
 from serving.config import BatchingConfig
-from serving.errors import ResourceExhausted
+from serving.errors import ResourceExhausted, Unavailable
 
 
 class Recorder:
@@ -140,5 +140,5 @@ async def test_close_fails_queued_requests() -> None:
     await asyncio.sleep(0)
     await batcher.close()
     assert (await running)["y"].shape == (1, 1)
-    with pytest.raises(ResourceExhausted, match="shutting down"):
+    with pytest.raises(Unavailable, match="being unloaded"):
         await queued

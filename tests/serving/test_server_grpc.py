@@ -104,11 +104,41 @@ def _code(call) -> tuple[grpc.StatusCode, str]:  # type: ignore[no-untyped-def]
 
 
 def _huge_shape() -> tensor_pb2.TensorProto:
-    proto = tensor_pb2.TensorProto(dtype=tensor_pb2.DT_FLOAT)
-    for size in (1_000_000, 28, 28, 1):
+    return _shaped(tensor_pb2.DT_FLOAT, (1_000_000, 28, 28, 1), float_val=[0.0])
+
+
+def _shaped(dtype: int, dims: tuple[int, ...], **values: list[object]) -> tensor_pb2.TensorProto:
+    proto = tensor_pb2.TensorProto(dtype=dtype)  # type: ignore[arg-type]
+    for size in dims:
         proto.tensor_shape.dim.add(size=size)
-    proto.float_val.append(0.0)
+    for name, items in values.items():
+        getattr(proto, name).extend(items)
     return proto
+
+
+# Shapes whose arithmetic overflows, or huge dims beside a zero dim: numpy would raise
+# "array is too big" or "cannot reshape array of size 0 into shape (...)"; the answer must be
+# INVALID_ARGUMENT naming the shape, before any numpy call.
+OVERFLOWING_SHAPES = {
+    "product over 2**63": (tensor_pb2.DT_FLOAT, (2**31, 2**31, 2**31, 1), {}),
+    "huge dims beside a zero dim": (tensor_pb2.DT_FLOAT, (2**31, 2**31, 2**31, 0), {}),
+    "zero then huge, with values": (tensor_pb2.DT_FLOAT, (0, 2**40, 28, 1), {"float_val": [1.0]}),
+    "huge dim, tensor_content empty": (tensor_pb2.DT_FLOAT, (2**62, 28, 28, 1), {}),
+    "strings, huge with zero": (tensor_pb2.DT_STRING, (0, 2**62), {"string_val": [b"x"]}),
+    "int64 max dims": (tensor_pb2.DT_INT64, (2**63 - 1, 2), {}),
+    "rank 40": (tensor_pb2.DT_FLOAT, (1,) * 40, {"float_val": [1.0]}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OVERFLOWING_SHAPES))
+def test_overflowing_shapes_are_invalid_argument(case: str, stub: apis_pb2_grpc.PredictionServiceStub) -> None:
+    dtype, dims, values = OVERFLOWING_SHAPES[case]
+    request = predict_request({})
+    request.inputs["image"].CopyFrom(_shaped(dtype, dims, **values))
+    code, details = _code(lambda: stub.Predict(request, timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert "limit" in details
+    assert stub.Predict(predict_request({"image": images(1)}), timeout=10).outputs
 
 
 BAD_REQUESTS = {
@@ -127,10 +157,10 @@ BAD_REQUESTS = {
         grpc.StatusCode.NOT_FOUND,
         "canary",
     ),
-    "unknown signature": (
+    "unknown signature": (  # TF Serving's code and words (predict_util.cc)
         lambda: predict_request({"image": images(1)}, signature="explain"),
-        grpc.StatusCode.NOT_FOUND,
-        "no signature 'explain'",
+        grpc.StatusCode.FAILED_PRECONDITION,
+        'Serving signature key "explain" not found.',
     ),
     "wrong input name": (
         lambda: predict_request({"pixels": images(1)}),
