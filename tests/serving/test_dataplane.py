@@ -1,0 +1,95 @@
+"""Request validation and shared readiness, in-process (the same over real servers: test_server_*)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serving.backends import Signature, TensorMeta
+from serving.codec import STRING, check_shape
+from serving.dataplane import validate_inputs
+from serving.errors import InvalidArgument
+from serving.workers import SharedReadiness
+
+IMAGE = Signature(
+    "serving_default",
+    "tensorflow/serving/predict",
+    {"image": TensorMeta(np.dtype(np.float32), (-1, 28, 28, 1))},
+    {"probabilities": TensorMeta(np.dtype(np.float32), (-1, 10))},
+    alternatives={"image_bytes": "image"},
+)
+TWO_INPUTS = Signature(
+    "pair",
+    "tensorflow/serving/predict",
+    {"a": TensorMeta(np.dtype(np.float32), (-1, 2)), "b": TensorMeta(np.dtype(np.int64), (-1, -1))},
+    {"y": TensorMeta(np.dtype(np.float32), (-1,))},
+)
+
+
+def _images(n: int) -> np.ndarray:
+    return np.zeros((n, 28, 28, 1), np.float32)
+
+
+def test_valid_inputs_pass() -> None:
+    validate_inputs(IMAGE, {"image": _images(3)})
+    validate_inputs(IMAGE, {"image_bytes": np.array([b"\x89PNG"], dtype=STRING)})
+    validate_inputs(TWO_INPUTS, {"a": np.zeros((2, 2), np.float32), "b": np.zeros((2, 7), np.int64)})
+
+
+@pytest.mark.parametrize(
+    ("signature", "inputs", "message"),
+    [
+        (IMAGE, {}, "no inputs"),
+        (IMAGE, {"pixels": _images(1)}, "unknown input(s) ['pixels']"),
+        (IMAGE, {"image": _images(1), "image_bytes": np.array([b""], STRING)}, "unknown input(s) ['image']"),
+        (TWO_INPUTS, {"a": np.zeros((1, 2), np.float32)}, "missing input(s) ['b']"),
+        (IMAGE, {"image": _images(1).astype(np.float64)}, "must be float32, got float64"),
+        (IMAGE, {"image": np.zeros((1, 28, 28), np.float32)}, "rank 4"),
+        (IMAGE, {"image": np.zeros((1, 28, 27, 1), np.float32)}, "axis 2"),
+        (IMAGE, {"image": _images(0)}, "empty batch"),
+        (IMAGE, {"image": np.full((1, 28, 28, 1), np.inf, np.float32)}, "NaN or infinite"),
+        (IMAGE, {"image_bytes": np.array(["text"], dtype=STRING)}, "non-bytes element"),
+        (
+            TWO_INPUTS,
+            {"a": np.zeros((2, 2), np.float32), "b": np.zeros((3, 1), np.int64)},
+            "disagree on batch size",
+        ),
+    ],
+)
+def test_invalid_inputs_say_what_is_wrong(signature: Signature, inputs: dict[str, np.ndarray], message: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        validate_inputs(signature, inputs)
+    assert message in info.value.message
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (2**31, 2**31, 2**31, 1),
+        (2**31, 2**31, 2**31, 0),  # numpy: "array is too big" even though it holds no element
+        (0, 2**62),
+        (1,) * 33,
+        (3, -1),
+    ],
+)
+def test_shape_arithmetic_is_checked_before_numpy(shape: tuple[int, ...]) -> None:
+    with pytest.raises(InvalidArgument):
+        check_shape(shape, 4, 1 << 30, "x")
+
+
+def test_shapes_within_limits_give_their_element_count() -> None:
+    assert check_shape((0, 28, 28, 1), 4, 1 << 30, "x") == 0
+    assert check_shape((2, 3), 8, 48, "x") == 6
+    with pytest.raises(InvalidArgument, match="over the 47-byte limit"):
+        check_shape((2, 3), 8, 47, "x")
+
+
+def test_shared_readiness_is_ready_only_when_every_worker_is() -> None:
+    flags = [0, 0]  # stands for the shared-memory array; each worker writes only its own slot
+    first, second = SharedReadiness(flags, 0), SharedReadiness(flags, 1)
+    first.publish(True)
+    assert not first.all_ready() and not second.all_ready()
+    second.publish(True)
+    assert first.all_ready() and second.all_ready()
+    second.publish(False)  # one worker stopping makes the whole group unready at once
+    assert not first.all_ready()
