@@ -66,8 +66,8 @@ lint:
 evaluate: ## accuracy of the published models on their test sets, against the targets
 	$(PY) -m export.evaluate --models-dir $(MODELS_DIR) $(MODELS)
 
-bench: ## serving latency/throughput on the published digits model (loopback)
-	$(PY) -m loadtests.bench --models-dir $(MODELS_DIR)
+bench: ## serving latency/throughput on the published digits model (loopback); PEERS=1: beside KServe and a minimal floor
+	$(PY) -m loadtests.bench --models-dir $(MODELS_DIR) $(if $(PEERS),--peers) $(BENCH_ARGS)
 
 loadtest: ## 60 s Locust step ramp against a local server: knee per model; fails on errors or p99 over 250 ms at the first step
 	$(PY) -m loadtests.run --start-server --models-dir $(MODELS_DIR) --server-args=--enable_batching --shape step --users 40 --duration 60 --p99-ms 250 --out reports/loadtest

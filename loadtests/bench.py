@@ -9,6 +9,9 @@ Measures, on the published digits model (or any model with an `image` float inpu
 Every run is bounded by `--seconds` per point and `--max-requests`; traffic goes to 127.0.0.1 only.
 The client processes share the machine with the server, so on a small machine the req/s figures
 are a lower bound; the README states the machine each table came from.
+
+`--peers` prints one table instead: this server beside KServe 0.21 and a minimal grpc.aio floor, at
+1 and 32 images per request, driven by h2load when installed (see `loadtests/peers/run.py`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from serving import codec
-from serving.launcher import launch
+from serving.launcher import ServerProcess, launch
 from serving.manifest import read_manifest
 
 
@@ -208,7 +211,7 @@ def measure(
 
 def run_server(
     model: str, base: Path, batching: bool, threads: int, log: Path, timeout_micros: int = 0, workers: int = 1
-) -> tuple[object, str, str]:
+) -> tuple[ServerProcess, str, str]:
     args = ["--model_name", model, "--model_base_path", str(base), "--file_system_poll_wait_seconds", "0"]
     args += ["--workers", str(workers)]
     if threads:
@@ -239,7 +242,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--workers", type=int, default=1, help="server processes (--workers)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    peers = parser.add_argument_group("--peers: this server beside KServe and a minimal gRPC floor")
+    peers.add_argument("--peers", action="store_true", help="print the peer comparison table instead")
+    peers.add_argument("--streams", type=int, default=32, help="requests in flight on the one connection")
+    peers.add_argument(
+        "--load-generator",
+        choices=("auto", "h2load", "python"),
+        default="auto",
+        help="auto: h2load if installed",
+    )
+    peers.add_argument(
+        "--kserve-venv",
+        type=Path,
+        default=None,
+        help="KServe's own venv, made if missing (default: .bench/kserve-venv in the repository)",
+    )
     args = parser.parse_args(argv)
+    if args.peers:
+        from loadtests.peers.run import PeersConfig, run_peers
+
+        return run_peers(
+            PeersConfig(
+                models_dir=args.models_dir,
+                seconds=args.seconds,
+                streams=args.streams,
+                threads=args.threads or 1,  # like-for-like: every contender on one intra-op thread
+                workers=args.workers,
+                batch_timeout_micros=args.batch_timeout_micros,
+                load_generator=args.load_generator,
+                kserve_venv=args.kserve_venv.resolve() if args.kserve_venv else None,
+                max_requests=args.max_requests,
+                json_path=args.json,
+            )
+        )
 
     base = args.models_dir / args.model
     version_dir = newest_version(base)
@@ -294,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             flush=True,
                         )
             finally:
-                server.stop()  # type: ignore[attr-defined]
+                server.stop()
 
     print("\n| transport | batching | callers | req/s | p50 ms | p99 ms | errors |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
