@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import math
+import os
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
@@ -160,10 +162,24 @@ def warm_up(backend: Backend, repeats: int = 3) -> dict[str, EngineCost]:
 
 
 # With `--tensorflow_intra_op_parallelism` left at 0 (auto), a version loads with one engine
-# thread; if one row of its slowest signature takes longer than this, it is reloaded with the
-# engine's default (one thread per core). Small models (digits: 0.1 ms) lose more to the thread
-# pool's hand-offs than they gain; large ones (a 224-px MobileNet: 2 ms and up) gain from it.
+# thread; if one row of its slowest signature takes longer than this, it is reloaded with one
+# thread per CPU this process may use (`available_cpus`). Small models (digits: 0.1 ms) lose more
+# to the thread pool's hand-offs than they gain, and concurrent requests use the other cores anyway;
+# large ones gain lower latency from it.
 SINGLE_THREAD_MAX_SECONDS = 1e-3
+
+
+def available_cpus(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a Kubernetes
+    CPU limit), which ONNX Runtime's default (one thread per physical core of the node) ignores."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
 
 
 Loader = Callable[[str, Path, BackendOptions], Backend]
@@ -302,12 +318,12 @@ class Repository:
         slowest = max((cost.fixed for cost in costs.values()), default=0.0)
         if auto_threads and slowest > SINGLE_THREAD_MAX_SECONDS:
             log.info(
-                "%s: %.2f ms per row on one engine thread: reloading with the engine's default threads",
+                "%s: %.2f ms per row on one engine thread: reloading with one per CPU",
                 path,
                 slowest * 1e3,
             )
             backend.close()
-            backend = self.loader(self.platform, path, self.options)
+            backend = self.loader(self.platform, path, replace(self.options, intra_op_threads=available_cpus()))
             costs = warm_up(backend)
         return backend, costs
 

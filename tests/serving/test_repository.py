@@ -134,11 +134,11 @@ async def test_unload_waits_for_the_requests_that_hold_the_version(tmp_path: Pat
     old.acquire()  # a request that resolved version 1 and is still running
     _publish(tmp_path, 2)
     sync = asyncio.create_task(repository.sync())
-    for _ in range(100):
-        await asyncio.sleep(0)
-        if old.state == State.UNLOADING:
-            break
-    assert old.state == State.UNLOADING
+    async def unloading() -> None:  # version 2 loads in a worker thread first
+        while old.state != State.UNLOADING:
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(unloading(), 30)  # the unload cannot finish while the lease is held
     assert repository.resolve("m").version == 2  # new requests go to the new version...
     with pytest.raises(Unavailable, match="UNLOADING"):
         repository.resolve("m", 1)
@@ -181,3 +181,16 @@ def test_engine_cost_is_linear_in_rows() -> None:
     cost = EngineCost(fixed=100e-6, per_row=10e-6)
     assert cost.seconds(1) == pytest.approx(100e-6)
     assert cost.seconds(11) == pytest.approx(200e-6)
+
+
+def test_available_cpus_honours_a_cgroup_quota(tmp_path: Path) -> None:
+    import os
+
+    from serving.repository import available_cpus
+
+    cpus = len(os.sched_getaffinity(0))
+    (tmp_path / "limited").write_text("150000 100000\n")  # a Kubernetes limit of 1.5 CPUs
+    (tmp_path / "unlimited").write_text("max 100000\n")
+    assert available_cpus(tmp_path / "limited") == min(cpus, 2)
+    assert available_cpus(tmp_path / "unlimited") == cpus
+    assert available_cpus(tmp_path / "absent") == cpus
