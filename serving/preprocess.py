@@ -33,7 +33,7 @@ def image_bytes_preprocessor(version_dir: Path, params: Mapping[str, Any]) -> Pr
         pixels = np.empty((len(images), height, width, channels), dtype=np.float32)
         for index, data in enumerate(images):
             try:
-                pixels[index] = decode_image(data, height, width, channels)
+                decode_image(data, height, width, channels, out=pixels[index])  # straight into the batch
             except ValueError as exc:
                 raise InvalidArgument(f"image {index}: {exc}") from exc
         return pixels

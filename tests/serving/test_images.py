@@ -1,7 +1,8 @@
 """serving.images: Pillow + numpy decoding that matches the SavedModel's in-graph decoding.
 
 Bad inputs (empty, text, truncated JPEG, decompression bombs) must raise `ImageDecodeError`, which is
-both a `ValueError` and the server's `InvalidArgument`. The parity tests compare with TensorFlow.
+both a `ValueError` and the server's `InvalidArgument`. The parity tests compare with TensorFlow;
+the server's fast `resize_image` must equal the numpy reference `resize_bilinear` exactly.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +24,9 @@ from serving.images import (
     decode_images,
     image_size,
     resize_bilinear,
+    resize_image,
 )
+from training.common import resolve_data_dir
 
 
 def encode(pixels: np.ndarray, fmt: str, **options: object) -> bytes:
@@ -106,6 +110,81 @@ def test_bad_arguments_are_programming_errors() -> None:
         decode_image(data, 8, 8, 2)
     with pytest.raises(ValueError, match="positive"):
         decode_image(data, 0, 8, 3)
+
+
+# --- the fast resize equals the numpy reference ---------------------------------------------------
+
+
+def as_image(pixels: np.ndarray) -> Image.Image:
+    """uint8 [h, w, C] -> a Pillow image in mode L (C=1), RGB or RGBA."""
+    return Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+@pytest.mark.parametrize(
+    ("in_shape", "out_shape"),
+    [
+        ((97, 131), (32, 32)),  # down
+        ((13, 37), (40, 28)),  # up along y, down along x
+        ((50, 50), (50, 50)),  # same size: the pixels themselves
+        ((1, 1), (7, 5)),  # one pixel
+        ((300, 20), (16, 160)),
+        ((1000, 999), (224, 224)),  # down by more than 2x: skipped source rows
+        ((256, 207), (224, 224)),  # a typical test photo
+        ((3, 640), (480, 2)),
+    ],
+)
+def test_fast_resize_is_bit_identical_to_the_reference(
+    in_shape: tuple[int, int], out_shape: tuple[int, int], channels: int
+) -> None:
+    pixels = np.random.default_rng(sum(in_shape) + channels).integers(0, 256, (*in_shape, channels), np.uint8)
+    resized = resize_image(as_image(pixels), *out_shape)
+    assert resized.dtype == np.float32 and resized.shape == (*out_shape, channels)
+    np.testing.assert_array_equal(resized, resize_bilinear(pixels, *out_shape))  # max abs difference 0
+
+
+def test_fast_resize_writes_into_out_and_checks_it() -> None:
+    pixels = photo_like(40, 30)
+    batch = np.full((2, 16, 24, 3), -1.0, dtype=np.float32)
+    first, second = batch[0], batch[1]
+    assert resize_image(as_image(pixels), 16, 24, out=second) is second
+    np.testing.assert_array_equal(batch[1], resize_bilinear(pixels, 16, 24))
+    np.testing.assert_array_equal(batch[0], -1.0)
+    assert decode_image(encode(pixels, "PNG"), 16, 24, 3, out=first) is first
+    np.testing.assert_array_equal(batch[0], batch[1])
+    with pytest.raises(ValueError, match="out"):
+        resize_image(as_image(pixels), 16, 24, out=np.empty((16, 24, 1), np.float32))
+    with pytest.raises(ValueError, match="out"):
+        resize_image(as_image(pixels), 16, 24, out=np.empty((16, 24, 3), np.float64))
+    with pytest.raises(ValueError, match="mode"):
+        resize_image(as_image(pixels).convert("P"), 16, 24)
+
+
+def test_decoding_resizes_like_the_reference() -> None:
+    """decode_image = the decoded pixels through `resize_bilinear`, for every channel count."""
+    rgba = np.concatenate([photo_like(45, 61, seed=3), photo_like(45, 61, seed=4)[:, :, :1]], axis=2)
+    for channels, mode in ((1, "L"), (3, "RGB"), (4, "RGBA")):
+        data = encode(rgba, "PNG")
+        pixels = np.asarray(Image.open(io.BytesIO(data)).convert(mode)).reshape(45, 61, channels)
+        np.testing.assert_array_equal(decode_image(data, 30, 70, channels), resize_bilinear(pixels, 30, 70))
+    jpeg = encode(photo_like(120, 90, seed=5), "JPEG", quality=80)
+    pixels = np.asarray(Image.open(io.BytesIO(jpeg)))
+    np.testing.assert_array_equal(decode_image(jpeg, 64, 64, 3), resize_bilinear(pixels, 64, 64))
+
+
+def test_fast_resize_is_bit_identical_on_real_photos() -> None:
+    """Every 10th cats-vs-dogs test photo, RGB and grayscale, at 224 and 160: max abs difference 0."""
+    root = resolve_data_dir() / "cats_vs_dogs" / "test"
+    photos = sorted(root.glob("*/*.jpg"))[::10]
+    if not photos:
+        pytest.skip(f"no cats-vs-dogs test photos under {root}")
+    for path in photos:
+        data = Path(path).read_bytes()
+        rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))  # [h, w, 3]
+        gray = np.asarray(Image.open(io.BytesIO(data)).convert("L"))[:, :, None]  # [h, w, 1]
+        for size in (224, 160):
+            np.testing.assert_array_equal(decode_image(data, size, size, 3), resize_bilinear(rgb, size, size))
+        np.testing.assert_array_equal(decode_image(data, 28, 28, 1), resize_bilinear(gray, 28, 28))
 
 
 # --- bad input -----------------------------------------------------------------------------------
