@@ -304,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=ServerConfig.intra_op_threads,
         help="engine threads inside one op; 0 (auto): one thread for models whose one-row call takes "
-        "under 1 ms at warm-up (the thread pool's hand-offs cost more than it gains there), the "
-        "engine's default (one per core) for larger ones",
+        "under 5 ms at warm-up (one thread per call serves the most requests per core), one per CPU "
+        "(cgroup quota included) for slower ones",
     )
     add(
         "--tensorflow_inter_op_parallelism",
