@@ -155,12 +155,17 @@ class Batcher:
                 if self._observe is not None:
                     self._observe(rows, padded, time.perf_counter() - started)
                 self._answer(live, outputs)
-        except Exception as exc:  # every caller in the batch learns the cause
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(exc)
+        except Exception as exc:
+            self._fail(batch, exc)
         finally:
             self.queued_rows -= sum(p.rows for p in batch)
+
+    @staticmethod
+    def _fail(batch: list[_Pending], exc: BaseException) -> None:
+        """Every caller in the batch learns the cause."""
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(exc)
 
     @staticmethod
     def _answer(live: list[_Pending], outputs: dict[str, np.ndarray]) -> None:
@@ -184,10 +189,8 @@ class Batcher:
             if self._observe is not None:
                 self._observe(rows, padded, time.perf_counter() - started)
             self._answer(live, outputs)
-        except BaseException as exc:  # every caller in the batch learns the cause
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(exc)
+        except BaseException as exc:
+            self._fail(batch, exc)
             if not isinstance(exc, Exception):
                 raise
         finally:

@@ -142,3 +142,41 @@ async def test_close_fails_queued_requests() -> None:
     assert (await running)["y"].shape == (1, 1)
     with pytest.raises(Unavailable, match="being unloaded"):
         await queued
+
+
+async def test_same_turn_requests_share_a_batch_on_an_idle_engine_with_zero_timeout() -> None:
+    engine = Recorder()
+    batcher = Batcher(engine, config(batch_timeout_micros=0))
+    requests = [np.full((1, 3), i, np.float32) for i in range(5)]
+    results = await asyncio.gather(*(batcher.submit({"x": r}) for r in requests))
+    assert engine.sizes == [5]  # cut at the end of the turn, not one batch per request
+    for request, result in zip(requests, results, strict=True):
+        np.testing.assert_array_equal(result["y"], request * 2)
+
+
+async def test_cheap_batches_run_on_the_event_loop_and_dear_ones_in_a_worker_thread() -> None:
+    threads: list[str] = []
+
+    def engine(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        threads.append(threading.current_thread().name)
+        return {"y": inputs["x"] * 2}
+
+    batcher = Batcher(engine, config(batch_timeout_micros=0), inline=lambda rows: rows <= 2)
+    small = await asyncio.gather(*(batcher.submit({"x": np.ones((1, 1), np.float32)}) for _ in range(2)))
+    large = await batcher.submit({"x": np.ones((3, 1), np.float32)})
+    assert threads[0] == threading.current_thread().name  # two rows: inline
+    assert threads[1] != threading.current_thread().name  # three rows: a worker thread
+    assert [r["y"].shape for r in small] == [(1, 1), (1, 1)] and large["y"].shape == (3, 1)
+
+
+async def test_an_inline_batch_that_fails_fails_only_its_callers() -> None:
+    def engine(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if (inputs["x"] < 0).any():
+            raise RuntimeError("engine exploded")
+        return {"y": inputs["x"]}
+
+    batcher = Batcher(engine, config(batch_timeout_micros=0), inline=lambda rows: True)
+    with pytest.raises(RuntimeError, match="exploded"):
+        await batcher.submit({"x": -np.ones((1, 1), np.float32)})
+    assert (await batcher.submit({"x": np.ones((1, 1), np.float32)}))["y"].shape == (1, 1)
+    assert batcher.queued_rows == 0
