@@ -63,3 +63,15 @@ class Unimplemented(ServingError):
 
     grpc_code = grpc.StatusCode.UNIMPLEMENTED
     http_status = 501
+
+
+class MethodNotAllowed(ServingError):
+    """An HTTP endpoint called with a method it does not take (REST only; the answer names the
+    methods it does take in `Allow`)."""
+
+    grpc_code = grpc.StatusCode.UNIMPLEMENTED
+    http_status = 405
+
+    def __init__(self, message: str, allowed: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.allowed = allowed

@@ -89,6 +89,7 @@ class RunningServer:
     executor: ThreadPoolExecutor
     readiness: Readiness
     stopping: bool = False
+    locally_ready: bool = False  # this process's own models
     serving: bool | None = None  # what health last reported
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -99,8 +100,9 @@ class RunningServer:
     async def refresh_health(self) -> None:
         """Readiness: SERVING only while every model (of every worker) is available and not stopping."""
         local = self.services.repository.all_available() and not self.stopping
-        if local and self.serving is None:
+        if local and not self.locally_ready:  # logged before it is published: tests can rely on it
             log.info("all models available%s", "; waiting for the other workers" if self.config.workers > 1 else "")
+        self.locally_ready = local
         self.readiness.publish(local)
         ready = local and self.readiness.all_ready()
         if ready != self.serving:
@@ -184,7 +186,7 @@ async def start(config: ServerConfig, readiness: Readiness | None = None) -> Run
 
     runner, rest_port = None, -1
     if config.rest_api_port >= 0:
-        api = RestApi(dataplane, repository, metrics, config.monitoring)  # TODO admission
+        api = RestApi(services, config.monitoring)
         runner = web.AppRunner(api.app(config.grpc_max_message_bytes), access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         site = web.TCPSite(runner, config.host, config.rest_api_port, reuse_port=config.workers > 1 or None)

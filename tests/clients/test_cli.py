@@ -145,7 +145,7 @@ def test_explain_without_explain_signature_is_a_usage_error(
     server: ServerProcess, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main([*_flags(server), "explain", "--model", "sentiment", "great fun"]) == 2
-    assert 'Serving signature key "explain" not found' in capsys.readouterr().err
+    assert "has no signature 'explain'" in capsys.readouterr().err
 
 
 def test_unwritable_overlay_is_a_usage_error(

@@ -217,3 +217,51 @@ def test_sigterm_under_load_answers_every_admitted_request(
     assert stopped - signalled >= lame_duck
     log = server.log()
     assert "draining" in log and "still in flight" not in log and "Traceback" not in log, log
+
+
+def test_sigterm_under_rest_load_answers_every_admitted_request(
+    tmp_path: Path, images: np.ndarray, server_factory: list[ServerProcess]
+) -> None:
+    import json
+
+    import requests
+
+    base = tmp_path / "models" / "tiny"
+    write_tiny_version(base, 1, slow=True)
+    server = start_server(["--model_name", "tiny", "--model_base_path", str(base)], tmp_path / "server.log")
+    server_factory.append(server)
+    url = f"{server.rest_url}/v1/models/tiny:predict"
+    body = json.dumps({"instances": images.tolist()})
+    outcomes: list[tuple[float, str]] = []
+    lock = threading.Lock()
+    signalled = [float("inf")]
+
+    def call() -> None:
+        with requests.Session() as session:
+            while True:
+                started = time.monotonic()
+                try:
+                    status = str(session.post(url, data=body, timeout=30).status_code)
+                except requests.ConnectionError:  # the port closed: as good as a refusal
+                    status = "closed"
+                with lock:
+                    outcomes.append((started, status))
+                if status != "200":
+                    return
+
+    threads = [threading.Thread(target=call, daemon=True) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    while len(outcomes) < 50:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    signalled[0] = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(30) == 0, server.log()
+    for thread in threads:
+        thread.join(30)
+    statuses = collections.Counter(status for _, status in outcomes)
+    assert set(statuses) <= {"200", "503", "closed"}, statuses
+    assert all(status == "200" for started, status in outcomes if started < signalled[0] - 0.3), statuses
+    assert not any(status == "closed" for started, status in outcomes if started < signalled[0])

@@ -64,18 +64,25 @@ def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
 def call(
     server: ServerProcess, path: str, body: Any = None, method: str | None = None, raw: bytes | None = None
 ) -> tuple[int, Any]:
+    status, _, answer = call_with_headers(server, path, body, method, raw)
+    return status, answer
+
+
+def call_with_headers(
+    server: ServerProcess, path: str, body: Any = None, method: str | None = None, raw: bytes | None = None
+) -> tuple[int, Any, Any]:
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     request = urllib.request.Request(server.rest_url + path, data=data, method=method)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             text = response.read()
-            status = response.status
+            status, headers = response.status, response.headers
     except urllib.error.HTTPError as error:
-        text, status = error.read(), error.code
+        text, status, headers = error.read(), error.code, error.headers
     try:
-        return status, json.loads(text)
+        return status, headers, json.loads(text)
     except json.JSONDecodeError:
-        return status, text.decode()
+        return status, headers, text.decode()
 
 
 def pixels(n: int, seed: int = 0) -> np.ndarray:
@@ -139,10 +146,19 @@ def test_concurrent_requests_are_batched(server: ServerProcess, repo: Path) -> N
         ("/v1/models/ghost:predict", {"instances": [1]}, 404, "ghost"),
         ("/v1/models/tiny/versions/7:predict", {"instances": [1]}, 404, "version 7"),
         ("/v1/models/tiny/versions/x:predict", {"instances": [1]}, 400, "positive integer"),
+        ("/v1/models/tiny/versions/%C2%B2:predict", {"instances": [1]}, 400, "positive integer"),  # "²"
+        (
+            "/v1/models/tiny/versions/%EF%BC%93:predict",
+            {"instances": [1]},
+            400,
+            "positive integer",
+        ),  # full-width 3
+        ("/v1/models/tiny/versions/0", None, 400, "positive integer"),
+        ("/v1/models/tiny/versions/" + "9" * 30, None, 400, "positive integer"),
         ("/v1/models/tiny/labels/canary", None, 404, "canary"),
         ("/v1/models/tiny:predict", {"instances": [[1, 2]]}, 400, "rank 4"),
         ("/v1/models/tiny:predict", {"instances": [[[[1]] * 28] * 28, [[[1]] * 28]]}, 400, "cannot read"),
-        ("/v1/models/tiny:predict", {"signature_name": "nope", "instances": [1]}, 404, "no signature 'nope'"),
+        ("/v1/models/tiny:predict", {"signature_name": "nope", "instances": [1]}, 400, "nope"),
         ("/v1/models/tiny:predict", {"instances": []}, 400, "non-empty"),
         ("/v1/models/tiny:predict", {"inputs": {"pixels": [1]}}, 400, "unknown input"),
         ("/v1/models/tiny:predict", {"instances": [1], "inputs": [1]}, 400, "exactly one"),
@@ -167,6 +183,90 @@ def test_errors_have_the_contract_status(
 def test_invalid_json_is_400(server: ServerProcess) -> None:
     status, body = call(server, "/v1/models/tiny:predict", raw=b"{not json", method="POST")
     assert status == 400 and "not valid JSON" in body["error"]
+
+
+def _image_text(value: str) -> bytes:
+    """One 28x28x1 instance with every pixel written as `value` (over the fast path's threshold)."""
+    row = "[" + ", ".join(f"[{value}]" for _ in range(28)) + "]"
+    return ("[" + ", ".join([row] * 28) + "]").encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (b'{"instances": [' + _image_text("NaN") + b"]}", "NaN and Infinity are not JSON numbers"),
+        (b'{"instances": [' + _image_text("-Infinity") + b"]}", "NaN and Infinity are not JSON numbers"),
+        (b'{"inputs": {"image": [' + _image_text("Infinity") + b"]}}", "NaN and Infinity"),
+        (b'{"instances": [' + _image_text("1e400") + b"]}", "infinity"),  # past float64
+        (b'{"instances": [' + _image_text("1" + "0" * 400) + b"]}", "infinity"),  # a 400-digit integer
+        (b'{"instances": [' + _image_text("1e39") + b"]}", "NaN or infinite"),  # past float32
+        (b'{"instances": [' + _image_text("1") + b"2]}", "not valid JSON"),  # "]2": caught off the fast path
+        (b'{"instances": [' + _image_text("01") + b"]}", "not valid JSON"),
+        (b'{"instances": [' + _image_text("1") + b",]}", "not valid JSON"),
+        (b'{"signature_name": "\\ud800", "instances": [1]}', "surrogate"),  # a lone surrogate
+        (b'{"instances": ["\\udc00"]}', "surrogate"),
+        (b'{"instances": [1], "x": "\xff"}', "UTF-8"),  # invalid UTF-8
+        (b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "depth"),  # orjson's 1024 levels
+        (
+            b'{"instances": ' + b"[" * 70 + b"1" + b"]" * 70 + b"}",
+            "cannot read",
+        ),  # past numpy's 64 dimensions
+        (b'{"instances": ' + b"[" * 40 + b"1," * 3000 + b"1" + b"]" * 40 + b"}", "rank 4"),
+    ],
+)
+def test_json_edge_cases_are_400(server: ServerProcess, raw: bytes, fragment: str) -> None:
+    status, body = call(server, "/v1/models/tiny:predict", raw=raw, method="POST")
+    assert status == 400, body
+    assert fragment in body["error"], body
+    assert call(server, "/v1/models/tiny:predict", {"instances": pixels(1).tolist()})[0] == 200
+
+
+def test_integers_past_64_bits_read_as_floats(server: ServerProcess, repo: Path) -> None:
+    # As with json before: a float32 input takes 2**64 as 1.8e19 (orjson reads it as a float).
+    raw = b'{"instances": [' + _image_text(str(2**64)) + b"]}"
+    status, body = call(server, "/v1/models/tiny:predict", raw=raw, method="POST")
+    assert status == 200, body
+    expected = reference_probabilities(repo / "3", np.full((1, 28, 28, 1), 2.0**64, np.float32))
+    np.testing.assert_allclose(body["predictions"], expected, atol=1e-5)
+
+
+def test_answers_are_utf8_json(server: ServerProcess) -> None:
+    status, headers, body = call_with_headers(
+        server, "/v1/models/tiny:predict", {"instances": pixels(2).tolist()}
+    )
+    assert status == 200 and headers["Content-Type"] == "application/json; charset=utf-8"
+    assert np.asarray(body["predictions"]).shape == (2, 10)
+    status, headers, body = call_with_headers(server, "/v1/models/ghost")
+    assert status == 404 and headers["Content-Type"] == "application/json; charset=utf-8"
+
+
+def test_wrong_methods_are_405_with_allow(server: ServerProcess) -> None:
+    for path, method, allowed in [
+        ("/v1/models/tiny:predict", "GET", "POST"),
+        ("/v1/models/tiny:classify", "PUT", "POST"),
+        ("/v1/models/tiny/metadata", "POST", "GET"),
+        ("/v1/models/tiny", "DELETE", "GET"),
+    ]:
+        status, headers, body = call_with_headers(
+            server, path, method=method, raw=b"{}" if method != "GET" else None
+        )
+        assert status == 405 and headers["Allow"] == allowed, (path, body)
+        assert allowed in body["error"]
+
+
+def test_bodies_over_the_limit_are_413(tmp_path: Path, repo: Path) -> None:
+    process = start_server(
+        ["--model_base_path", str(repo), "--model_name", "tiny", "--grpc_max_message_bytes", "65536"],
+        tmp_path / "server.log",
+    )
+    try:
+        body = {"instances": pixels(20).tolist()}
+        assert len(json.dumps(body)) > 65536
+        status, body = call(process, "/v1/models/tiny:predict", body)
+        assert status == 413 and "Too Large" in body["error"], body
+        assert call(process, "/v1/models/tiny:predict", {"instances": pixels(1).tolist()})[0] == 200
+    finally:
+        assert process.stop() == 0, process.log()
 
 
 def test_classify_and_b64_input_errors(server: ServerProcess, repo: Path) -> None:
@@ -199,12 +299,10 @@ def test_prometheus_metrics(server: ServerProcess) -> None:
     assert 'model_server_model_version_state{model_name="tiny",version="3"} 30.0' in text
 
 
-def test_large_bodies_are_parsed_off_the_event_loop_and_answered(server: ServerProcess, repo: Path) -> None:
-    from serving.protocol.rest.app import OFFLOAD_BYTES
-
+def test_large_bodies_are_answered(server: ServerProcess, repo: Path) -> None:
     batch = pixels(150, seed=11)
     body = {"instances": batch.tolist()}
-    assert len(json.dumps(body)) > OFFLOAD_BYTES
+    assert len(json.dumps(body)) > 256 * 1024
     status, answer = call(server, "/v1/models/tiny:predict", body)
     assert status == 200
     np.testing.assert_allclose(answer["predictions"], reference_probabilities(repo / "3", batch), atol=1e-5)

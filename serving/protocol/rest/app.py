@@ -8,33 +8,33 @@
 
 Errors are `{"error": "<message>"}` with the status each `ServingError` carries; JSON bodies of
 status and metadata are the protobuf messages rendered as JSON, as TF Serving does.
+
+JSON is read and written with orjson; a predict body's big numeric arrays are read straight into
+flat lists (`codec.loads`), and numeric outputs are written from the arrays themselves. Bodies are
+parsed on the event loop: orjson and numpy hold the GIL for the whole parse, so a worker thread
+would stall the loop just as long and add a thread hop to every request.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import numpy as np
+import orjson
 from aiohttp import web
 from google.protobuf import json_format
 
 from serving import codec
-from serving.backends.base import Signature
+from serving.backends import Signature
 from serving.config import MonitoringConfig
-from serving.dataplane import DataPlane
-from serving.errors import InvalidArgument, NotFound, ServingError
-from serving.metrics import Metrics
-from serving.protocol import messages
-from serving.repository import Repository
+from serving.errors import InvalidArgument, MethodNotAllowed, NotFound, ServingError, Unimplemented
+from serving.protocol import Services, messages
 
 log = logging.getLogger(__name__)
-
-OFFLOAD_BYTES = 256 * 1024  # bodies larger than this are parsed off the event loop
 
 _PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
@@ -45,17 +45,40 @@ _PATH = re.compile(
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+_VERSION = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit() also takes "²" and full-width digits
+_MAX_VERSION = 2**63 - 1  # TF Serving's versions are int64
+
+
+def _json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    try:
+        body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+    except orjson.JSONEncodeError:
+        # What orjson refuses and json writes: strings with lone surrogates, numpy types orjson
+        # does not know. Neither comes from a request orjson parsed; this is a safety net.
+        body = json.dumps(payload, default=_plain).encode()
+    return web.Response(
+        body=body, status=status, headers=headers, content_type="application/json", charset="utf-8"
+    )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    return _json_response({"error": message}, status=status, headers=headers)
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The REST twin of the gRPC interceptor: ServingError -> its status; anything else -> 500."""
+    """The REST twin of the gRPC `rpc` decorator: ServingError -> its status; anything else -> 500."""
     try:
         return await handler(request)
     except ServingError as exc:
-        return _error(exc.http_status, exc.message)
+        allow = {"Allow": ", ".join(exc.allowed)} if isinstance(exc, MethodNotAllowed) else None
+        return _error(exc.http_status, exc.message, allow)
     except web.HTTPException as exc:
         if exc.status >= 400:
             return _error(exc.status, exc.reason)
@@ -72,16 +95,30 @@ def _message_json(message: Any) -> dict[str, Any]:
 
 
 class RestApi:
-    def __init__(
-        self, dataplane: DataPlane, repository: Repository, metrics: Metrics, monitoring: MonitoringConfig
-    ) -> None:
-        self.dataplane = dataplane
-        self.repository = repository
-        self.metrics = metrics
+    def __init__(self, services: Services, monitoring: MonitoringConfig) -> None:
+        self.dataplane = services.dataplane
+        self.repository = services.repository
+        self.metrics = services.metrics
+        self.admission = services.admission
         self.monitoring = monitoring
 
     def app(self, max_body_bytes: int) -> web.Application:
-        app = web.Application(middlewares=[error_middleware], client_max_size=max_body_bytes)
+        admission, metrics_path = self.admission, self.monitoring.path if self.monitoring.enable else None
+
+        @web.middleware
+        async def admission_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+            """Counts the request in for draining; refused (503) once shutdown began. Scrapes pass."""
+            if request.path == metrics_path:
+                return await handler(request)
+            admission.enter()
+            try:
+                return await handler(request)
+            finally:
+                admission.exit()
+
+        app = web.Application(
+            middlewares=[error_middleware, admission_middleware], client_max_size=max_body_bytes
+        )
         app.router.add_route("*", "/v1/models/{tail:.*}", self.models)
         if self.monitoring.enable:
             app.router.add_get(self.monitoring.path, self.prometheus)
@@ -99,34 +136,26 @@ class RestApi:
         label = match["label"]
         if rest in (":predict", ":classify", ":regress"):
             if request.method != "POST":
-                return _error(405, f"{rest[1:]} takes POST")
+                raise MethodNotAllowed(f"{rest[1:]} takes POST", allowed=("POST",))
             if rest == ":regress":
-                return _error(501, "regress is not supported: these models are classifiers")
+                raise Unimplemented("regress is not supported: these models are classifiers")
             raw = await request.read()
-            large = len(raw) > OFFLOAD_BYTES
-            body = await self._offload(large, _parse_json, raw)
+            body = _parse_json(raw, dense_arrays=rest == ":predict")
             if rest == ":predict":
-                return await self.predict(name, version, label, body, large)
+                return await self.predict(name, version, label, body)
             return await self.classify(name, version, label, body)
         if request.method != "GET":
-            return _error(405, "model status and metadata take GET")
+            raise MethodNotAllowed("model status and metadata take GET", allowed=("GET",))
         if rest == "/metadata":
             with self.metrics.track(name, "metadata", "REST"):
                 resolved, signatures = self.dataplane.metadata(name, version, label)
-                return web.json_response(_message_json(messages.metadata_response(resolved, signatures)))
+                return _json_response(_message_json(messages.metadata_response(resolved, signatures)))
         with self.metrics.track(name, "status", "REST"):
             statuses = self.repository.statuses(name, version, label)
-            return web.json_response(_message_json(messages.status_response(statuses)))
-
-    async def _offload(self, large: bool, function: Callable[..., Any], *args: Any) -> Any:
-        """Parse big JSON bodies in a worker thread: 1 MB of pixels takes ~30 ms of parsing, which
-        on the event loop would stall every other request for that long."""
-        if not large:
-            return function(*args)
-        return await asyncio.get_running_loop().run_in_executor(self.dataplane.executor, function, *args)
+            return _json_response(_message_json(messages.status_response(statuses)))
 
     async def predict(
-        self, name: str, version: int | None, label: str | None, body: dict[str, Any], large: bool = False
+        self, name: str, version: int | None, label: str | None, body: dict[str, Any]
     ) -> web.Response:
         with self.metrics.track(name, "predict", "REST"):
             signature_name = body.get("signature_name", "")
@@ -139,28 +168,15 @@ class RestApi:
                     'the body needs exactly one of "instances" (row format) or "inputs" (columnar format)'
                 )
             row_format = "instances" in body
-            inputs = await self._offload(
-                large,
-                _rows_to_tensors if row_format else _columns_to_tensors,
-                body["instances"] if row_format else body["inputs"],
-                signature,
-            )
+            if row_format:
+                inputs = _rows_to_tensors(body["instances"], signature)
+            else:
+                inputs = _columns_to_tensors(body["inputs"], signature)
             output_filter = body.get("output_filter") or []
             result = await self.dataplane.predict(
                 name, inputs, version=resolved.version, signature=signature.name, output_filter=output_filter
             )
-            outputs = {
-                k: codec.numpy_to_json(v, binary=k.endswith("_bytes")) for k, v in result.outputs.items()
-            }
-            if row_format:
-                rows = len(next(iter(result.outputs.values())))
-                if len(outputs) == 1:
-                    return web.json_response({"predictions": next(iter(outputs.values()))})
-                predictions = [{k: v[i] for k, v in outputs.items()} for i in range(rows)]
-                return web.json_response({"predictions": predictions})
-            return web.json_response(
-                {"outputs": next(iter(outputs.values())) if len(outputs) == 1 else outputs}
-            )
+            return _predict_response(result.outputs, row_format)
 
     async def classify(
         self, name: str, version: int | None, label: str | None, body: dict[str, Any]
@@ -183,22 +199,39 @@ class RestApi:
             _, classes = await self.dataplane.classify(
                 name, decoded, version=resolved.version, signature=signature.name
             )
-            return web.json_response({"results": [[[lab, score] for lab, score in row] for row in classes]})
+            return _json_response({"results": [[[lab, score] for lab, score in row] for row in classes]})
+
+
+def _predict_response(outputs: Mapping[str, np.ndarray], row_format: bool) -> web.Response:
+    """TF Serving's predict answer: {"predictions": ...} (row format) or {"outputs": ...}."""
+    # orjson writes NaN and Infinity as null; json writes the NaN/Infinity literals TF Serving
+    # writes, so answers with them take the slow path.
+    finite = all(v.dtype.kind != "f" or np.isfinite(v).all() for v in outputs.values())
+    convert = codec.json_ready if finite else codec.numpy_to_json
+    values = {k: convert(v, binary=k.endswith("_bytes")) for k, v in outputs.items()}
+    payload: dict[str, Any]
+    if not row_format:
+        payload = {"outputs": next(iter(values.values())) if len(values) == 1 else values}
+    elif len(values) == 1:
+        payload = {"predictions": next(iter(values.values()))}
+    else:
+        rows = len(next(iter(outputs.values())))
+        payload = {"predictions": [{k: v[i] for k, v in values.items()} for i in range(rows)]}
+    if finite:
+        return _json_response(payload)
+    return web.Response(body=json.dumps(payload).encode(), content_type="application/json", charset="utf-8")
 
 
 def _parse_version(raw: str | None) -> int | None:
     if raw is None:
         return None
-    if not raw.isdigit() or int(raw) <= 0:
+    if _VERSION.fullmatch(raw) is None or not 0 < int(raw) <= _MAX_VERSION:
         raise InvalidArgument(f"version must be a positive integer, got '{raw}'")
     return int(raw)
 
 
-def _parse_json(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
+def _parse_json(raw: bytes, dense_arrays: bool = False) -> dict[str, Any]:
+    body = codec.loads(raw, dense_arrays=dense_arrays)
     if not isinstance(body, dict):
         raise InvalidArgument("request body must be a JSON object")
     return body
@@ -215,13 +248,16 @@ def _spec(signature: Signature, name: str) -> Any:
 
 
 def _rows_to_tensors(instances: Any, signature: Signature) -> dict[str, np.ndarray]:
-    if not isinstance(instances, list) or not instances:
+    dense = isinstance(instances, codec.NumberArray)  # rows of numbers, so one unnamed input
+    if not dense and (not isinstance(instances, list) or not instances):
         raise InvalidArgument('"instances" must be a non-empty list')
-    if all(isinstance(row, dict) and "b64" not in row for row in instances):
+    if not dense and all(isinstance(row, dict) and "b64" not in row for row in instances):
         names = set(instances[0])
         if any(set(row) != names for row in instances):
             raise InvalidArgument("every instance must name the same inputs")
-        return {n: codec.json_to_numpy([row[n] for row in instances], _spec(signature, n), n) for n in names}
+        return {
+            n: codec.json_rows_to_numpy([row[n] for row in instances], _spec(signature, n), n) for n in names
+        }
     accepted = set(signature.inputs) | set(signature.alternatives)
     if len(signature.inputs) != 1:
         raise InvalidArgument(
