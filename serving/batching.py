@@ -55,14 +55,15 @@ class Batcher:
         config: BatchingConfig,
         executor: Executor | None = None,
         observe: Observer | None = None,
-        inline: Callable[[int], bool] | None = None,
+        inline: Callable[[int, int], bool] | None = None,
     ) -> None:
         self._run_batch = run_batch
         self.config = config
         self._executor = executor
         self._observe = observe
-        # rows -> whether a batch that size is cheap enough to run on the event loop itself.
-        self._inline = inline or (lambda rows: False)
+        # (rows, requests) -> whether a batch that size, answering that many requests, is cheap
+        # enough to run on the event loop itself.
+        self._inline = inline or (lambda rows, requests: False)
         self._queues: dict[tuple[object, ...], list[_Pending]] = {}
         self._timers: dict[tuple[object, ...], asyncio.TimerHandle] = {}
         self._scheduled: set[tuple[object, ...]] = set()
@@ -120,7 +121,7 @@ class Batcher:
             while queue and rows + queue[0].rows <= self.config.max_batch_size:
                 rows += queue[0].rows
                 batch.append(queue.pop(0))
-            if self._inline(self._padded(rows)):
+            if self._inline(self._padded(rows), len(batch)):
                 self._execute_inline(batch)
                 continue
             self._free_slots -= 1

@@ -144,9 +144,14 @@ class DataPlane:
                 f"{version.version} has signatures {sorted(signatures)}"
             ) from None
 
-    def _inline(self, version: ModelVersion, signature: str, rows: int) -> bool:
+    def _inline(self, version: ModelVersion, signature: str, rows: int, requests: int = 1) -> bool:
+        """Whether an engine call of `rows` rows answering `requests` requests runs on the event loop.
+
+        A batch is run inline when its cost per request is under the threshold: each of its requests
+        would have run inline on its own, so running them as one call takes the loop less time.
+        """
         cost = version.engine_costs.get(signature)
-        return cost is not None and cost.seconds(rows) < self.inline_engine_seconds
+        return cost is not None and cost.seconds(rows) < self.inline_engine_seconds * requests
 
     # -- predict ---------------------------------------------------------------------------------
 
@@ -193,7 +198,7 @@ class DataPlane:
         loop = asyncio.get_running_loop()
         prepared = (
             await loop.run_in_executor(self.executor, backend.prepare, sig.name, inputs)
-            if sig.alternatives or any(m.dtype == STRING for m in sig.inputs.values())
+            if sig.needs_prepare
             else inputs
         )
         if self.batching is not None:
@@ -236,7 +241,7 @@ class DataPlane:
                 self.batching,
                 self.executor,
                 observe,
-                inline=lambda rows: self._inline(version, signature, rows),
+                inline=lambda rows, requests: self._inline(version, signature, rows, requests),
             )
             version.batchers[signature] = batcher
         return batcher
@@ -295,7 +300,7 @@ class DataPlane:
 
     def metadata(
         self, model: str, version: int | None = None, label: str | None = None
-    ) -> tuple[ModelVersion, dict[str, Signature]]:
+    ) -> tuple[ModelVersion, Mapping[str, Signature]]:
         resolved = self.repository.resolve(model, version, label)
         return resolved, resolved.signatures()
 

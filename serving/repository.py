@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -79,8 +79,9 @@ class ModelVersion:
     in_flight: int = 0
     _released: asyncio.Event | None = field(default=None, repr=False)
 
-    def signatures(self) -> dict[str, Signature]:
-        return dict(self.backend.signatures()) if self.backend else {}
+    def signatures(self) -> Mapping[str, Signature]:
+        """The engine's signatures (read-only; empty once unloaded)."""
+        return self.backend.signatures() if self.backend else {}
 
     def acquire(self) -> None:
         self.in_flight += 1

@@ -7,6 +7,7 @@ one never loads the other.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -30,6 +31,11 @@ class Signature:
     # alternative name -> the input it replaces. The backend converts them in `prepare`. They are not
     # part of the published SignatureDef.
     alternatives: Mapping[str, str] = field(default_factory=dict)
+
+    @functools.cached_property
+    def needs_prepare(self) -> bool:
+        """Whether requests need `Backend.prepare` (decoding, tokenizing) before the engine."""
+        return bool(self.alternatives) or any(m.dtype == np.dtype(object) for m in self.inputs.values())
 
 
 @dataclass(frozen=True)

@@ -161,7 +161,7 @@ async def test_cheap_batches_run_on_the_event_loop_and_dear_ones_in_a_worker_thr
         threads.append(threading.current_thread().name)
         return {"y": inputs["x"] * 2}
 
-    batcher = Batcher(engine, config(batch_timeout_micros=0), inline=lambda rows: rows <= 2)
+    batcher = Batcher(engine, config(batch_timeout_micros=0), inline=lambda rows, requests: rows <= 2)
     small = await asyncio.gather(*(batcher.submit({"x": np.ones((1, 1), np.float32)}) for _ in range(2)))
     large = await batcher.submit({"x": np.ones((3, 1), np.float32)})
     assert threads[0] == threading.current_thread().name  # two rows: inline
@@ -175,7 +175,7 @@ async def test_an_inline_batch_that_fails_fails_only_its_callers() -> None:
             raise RuntimeError("engine exploded")
         return {"y": inputs["x"]}
 
-    batcher = Batcher(engine, config(batch_timeout_micros=0), inline=lambda rows: True)
+    batcher = Batcher(engine, config(batch_timeout_micros=0), inline=lambda rows, requests: True)
     with pytest.raises(RuntimeError, match="exploded"):
         await batcher.submit({"x": -np.ones((1, 1), np.float32)})
     assert (await batcher.submit({"x": np.ones((1, 1), np.float32)}))["y"].shape == (1, 1)
