@@ -82,8 +82,18 @@ class Batcher:
             raise ResourceExhausted(
                 f"batch queue is full ({self.queued_rows} rows waiting, limit {self._max_queued_rows}); retry later"
             )
-        pending = _Pending(inputs, rows, asyncio.get_running_loop().create_future())
         key = batch_key(inputs)
+        if (
+            self.config.batch_timeout_micros == 0
+            and key not in self._queues
+            and self._free_slots == self.config.num_batch_threads
+            and self._inline(self._padded(rows), 1)
+        ):
+            # Nothing is waiting to share a batch, no batch is running, and the call is cheap: run
+            # it now, exactly as an unbatched request would (a batch of one through the queue costs
+            # a future and a loop turn, and gains nothing).
+            return self._run_now(inputs, rows)
+        pending = _Pending(inputs, rows, asyncio.get_running_loop().create_future())
         self._queues.setdefault(key, []).append(pending)
         self.queued_rows += rows
         if key not in self._scheduled:
@@ -92,6 +102,14 @@ class Batcher:
             self._scheduled.add(key)
             asyncio.get_running_loop().call_soon(self._on_scheduled, key)
         return await pending.future
+
+    def _run_now(self, inputs: Tensors, rows: int) -> dict[str, np.ndarray]:
+        padded = self._padded(rows)
+        started = time.perf_counter()
+        outputs = self._concat_and_run([inputs], rows, padded)
+        if self._observe is not None:
+            self._observe(rows, padded, time.perf_counter() - started)
+        return {name: value[:rows] for name, value in outputs.items()} if padded > rows else outputs
 
     def _on_scheduled(self, key: tuple[object, ...]) -> None:
         self._scheduled.discard(key)
@@ -152,7 +170,7 @@ class Batcher:
                 rows = sum(p.rows for p in live)
                 padded = self._padded(rows)
                 started = time.perf_counter()
-                outputs = self._concat_and_run(live, padded)
+                outputs = self._concat_and_run([p.inputs for p in live], rows, padded)
                 if self._observe is not None:
                     self._observe(rows, padded, time.perf_counter() - started)
                 self._answer(live, outputs)
@@ -186,7 +204,9 @@ class Batcher:
             padded = self._padded(rows)
             started = time.perf_counter()
             loop = asyncio.get_running_loop()
-            outputs = await loop.run_in_executor(self._executor, self._concat_and_run, live, padded)
+            outputs = await loop.run_in_executor(
+                self._executor, self._concat_and_run, [p.inputs for p in live], rows, padded
+            )
             if self._observe is not None:
                 self._observe(rows, padded, time.perf_counter() - started)
             self._answer(live, outputs)
@@ -200,13 +220,12 @@ class Batcher:
             for key in list(self._queues):
                 self._dispatch(key)
 
-    def _concat_and_run(self, batch: list[_Pending], padded: int) -> dict[str, np.ndarray]:
-        names = list(batch[0].inputs)
-        if len(batch) == 1 and padded == batch[0].rows:
-            merged = dict(batch[0].inputs)
+    def _concat_and_run(self, parts: list[Tensors], rows: int, padded: int) -> dict[str, np.ndarray]:
+        """One engine call on the requests' tensors stacked (and padded to `padded` rows)."""
+        if len(parts) == 1 and padded == rows:
+            merged = dict(parts[0])
         else:
-            merged = {name: np.concatenate([p.inputs[name] for p in batch]) for name in names}
-            rows = sum(p.rows for p in batch)
+            merged = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
             if padded > rows:
                 merged = {
                     name: np.concatenate([value, np.repeat(value[-1:], padded - rows, axis=0)])

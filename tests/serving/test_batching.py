@@ -155,18 +155,32 @@ async def test_same_turn_requests_share_a_batch_on_an_idle_engine_with_zero_time
 
 
 async def test_cheap_batches_run_on_the_event_loop_and_dear_ones_in_a_worker_thread() -> None:
-    threads: list[str] = []
+    calls: list[tuple[int, str]] = []
 
     def engine(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        threads.append(threading.current_thread().name)
+        calls.append((len(inputs["x"]), threading.current_thread().name))
         return {"y": inputs["x"] * 2}
 
-    batcher = Batcher(engine, config(batch_timeout_micros=0), inline=lambda rows, requests: rows <= 2)
-    small = await asyncio.gather(*(batcher.submit({"x": np.ones((1, 1), np.float32)}) for _ in range(2)))
-    large = await batcher.submit({"x": np.ones((3, 1), np.float32)})
-    assert threads[0] == threading.current_thread().name  # two rows: inline
-    assert threads[1] != threading.current_thread().name  # three rows: a worker thread
-    assert [r["y"].shape for r in small] == [(1, 1), (1, 1)] and large["y"].shape == (3, 1)
+    here = threading.current_thread().name
+    # A batch is inline when its cost per request is low: here, up to 2 rows per request.
+    batcher = Batcher(engine, config(batch_timeout_micros=0), inline=lambda rows, requests: rows <= 2 * requests)
+    alone = await batcher.submit({"x": np.ones((2, 1), np.float32)})  # nothing queued: run at once, inline
+    large = await batcher.submit({"x": np.ones((3, 1), np.float32)})  # too dear: a worker thread
+    assert calls == [(2, here), (3, calls[1][1])] and calls[1][1] != here
+    assert alone["y"].shape == (2, 1) and large["y"].shape == (3, 1)
+
+
+async def test_requests_waiting_behind_a_busy_engine_share_a_batch() -> None:
+    engine = Recorder(delay=0.05)
+    batcher = Batcher(
+        engine, config(batch_timeout_micros=0, num_batch_threads=1), inline=lambda rows, requests: rows == 1
+    )
+    first = asyncio.ensure_future(batcher.submit({"x": np.ones((2, 1), np.float32)}))  # runs in a thread
+    await asyncio.sleep(0.01)
+    rest = await asyncio.gather(*(batcher.submit({"x": np.ones((1, 1), np.float32)}) for _ in range(4)))
+    await first
+    assert engine.sizes == [2, 4]  # the four waited for the slot and then ran as one call
+    assert all(r["y"].shape == (1, 1) for r in rest)
 
 
 async def test_an_inline_batch_that_fails_fails_only_its_callers() -> None:
