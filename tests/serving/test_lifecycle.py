@@ -176,7 +176,7 @@ def test_new_versions_under_load_lose_no_request(
     assert "Traceback" not in server.log(), server.log()
 
 
-@pytest.mark.parametrize("lame_duck", [0.0, 0.5])
+@pytest.mark.parametrize("lame_duck", [0.0, 1.0])
 @pytest.mark.parametrize("batching", sorted(BATCHING))
 def test_sigterm_under_load_answers_every_admitted_request(
     batching: str,
@@ -204,7 +204,7 @@ def test_sigterm_under_load_answers_every_admitted_request(
     # Refused calls are UNAVAILABLE (retryable elsewhere); nothing else may fail: no CANCELLED.
     assert set(codes) <= {"OK", "UNAVAILABLE"}, f"{codes}\n{server.log()[-3000:]}"
     # Calls begun well before the signal (or inside the lame-duck window) were admitted: all answered.
-    admitted = [o for o in outcomes if o.started < signalled + lame_duck - 0.3]
+    admitted = [o for o in outcomes if o.started < signalled + lame_duck / 2 - 0.3]
     assert admitted and all(o.code == grpc.StatusCode.OK for o in admitted), collections.Counter(
         o.code.name for o in admitted
     )
