@@ -76,6 +76,9 @@ def rpc(api: str) -> Callable[[Method[Servicer, Request, Response]], Method[Serv
             except asyncio.CancelledError:  # the client went away or its deadline passed
                 status = "CANCELLED"
                 raise
+            except grpc.aio.AbortError:  # a handler that aborted itself has said everything
+                status = "UNKNOWN"
+                raise
             except Exception:
                 status = "INTERNAL"
                 log.exception("internal error in %s", name)
