@@ -273,8 +273,44 @@ class _CollectorPause:
 _collector_paused = _CollectorPause()
 
 
-def loads(raw: bytes, dense_arrays: bool = False, dense_min_bytes: int = DENSE_MIN_BYTES) -> Any:
-    """Parse a REST request body; raises InvalidArgument if it is not valid JSON.
+MAX_JSON_DEPTH = 64
+
+
+def json_depth(raw: bytes, at_least: int = 0) -> int:
+    """How deeply arrays and objects nest in the JSON text `raw` (brackets inside strings do not
+    count); returns at most the number of brackets, and early, without a scan, when that count is
+    under `at_least` (so small or flat bodies cost two `bytes.count` calls)."""
+    opened = raw.count(b"[") + raw.count(b"{")
+    if opened < at_least:
+        return opened
+    # Escaped backslashes, then escaped quotes, cannot end a string: drop them, so every '"' left
+    # opens or closes one; a bracket is structural when an even number of quotes precede it.
+    text = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    chars = np.frombuffer(text, dtype=np.uint8)
+    outside = (np.cumsum(chars == ord('"'), dtype=np.int32) & 1) == 0
+    step = (chars == ord("[")) | (chars == ord("{"))
+    step = step.astype(np.int32) - ((chars == ord("]")) | (chars == ord("}")))
+    step[~outside] = 0
+    return int(np.cumsum(step, dtype=np.int32).max(initial=0))
+
+
+def _check_depth(raw: bytes, max_depth: int, extra: int = 0) -> None:
+    depth = json_depth(raw, at_least=max_depth - extra + 1) + extra
+    if depth > max_depth:
+        raise InvalidArgument(
+            f"request body nests arrays and objects {depth} deep, over the limit of {max_depth} "
+            f"(--rest_max_json_depth)"
+        )
+
+
+def loads(
+    raw: bytes,
+    dense_arrays: bool = False,
+    dense_min_bytes: int = DENSE_MIN_BYTES,
+    max_depth: int = MAX_JSON_DEPTH,
+) -> Any:
+    """Parse a REST request body; raises InvalidArgument if it is not valid JSON or nests arrays and
+    objects deeper than `max_depth`.
 
     With `dense_arrays` (a predict body), the tensors of `{"instances": [...]}`,
     `{"instances": [{"name": [...]}, ...]}`, `{"inputs": [...]}` and `{"inputs": {"name": [...]}}`
@@ -282,9 +318,10 @@ def loads(raw: bytes, dense_arrays: bool = False, dense_min_bytes: int = DENSE_M
     `json_to_numpy` takes them like the nested lists they stand for.
     """
     if dense_arrays and len(raw) >= dense_min_bytes:
-        body = _loads_dense(raw, dense_min_bytes)
+        body = _loads_dense(raw, dense_min_bytes, max_depth)
         if body is not None:
             return body
+    _check_depth(raw, max_depth)
     with _collector_paused():
         try:
             return orjson.loads(raw)
@@ -302,7 +339,7 @@ def _json_error(raw: bytes, exc: orjson.JSONDecodeError) -> str:
     return f"request body is not valid JSON: {exc}"
 
 
-def _loads_dense(raw: bytes, min_bytes: int) -> dict[str, Any] | None:
+def _loads_dense(raw: bytes, min_bytes: int, max_depth: int) -> dict[str, Any] | None:
     """The body with its dense arrays as NumberArrays, or None where the plain parse must decide."""
     pieces: list[bytes] = []
     arrays: list[NumberArray] = []
@@ -328,8 +365,11 @@ def _loads_dense(raw: bytes, min_bytes: int) -> dict[str, Any] | None:
     if not arrays:
         return None
     pieces.append(raw[done:])
+    rest = b"".join(pieces)
+    # Each array sits where its placeholder string is, so counts at most its rank on top of it.
+    _check_depth(rest, max_depth, extra=max(len(a.shape) for a in arrays))
     try:
-        body = orjson.loads(b"".join(pieces))
+        body = orjson.loads(rest)
     except orjson.JSONDecodeError:
         return None  # the plain parse says what is wrong
     if not isinstance(body, dict) or _put_dense(body, arrays) != len(arrays):

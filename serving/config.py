@@ -80,6 +80,31 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What one request, one connection and the whole server may take (each has a flag).
+
+    Anything past a per-request limit is the caller's error (INVALID_ARGUMENT / 400); anything past
+    a server-wide one is overload (RESOURCE_EXHAUSTED / 429, or 503 for connections), which clients
+    retry later or elsewhere.
+    """
+
+    max_request_rows: int = 1000  # rows (batch dimension) of one request; TF Serving's max_batch_size default
+    max_string_bytes: int = 16 * 1024 * 1024  # one string element (an encoded image, a text)
+    string_element_overhead: int = 64  # what one string element costs beyond its bytes, in the size check
+    rest_max_body_bytes: int = 0  # 0: the gRPC message limit (--grpc_max_message_bytes)
+    rest_max_json_depth: int = 64  # nesting of arrays and objects in a REST body
+    rest_max_inflight_bytes: int = 256 * 1024 * 1024  # REST request bodies being read or parsed at once
+    rest_max_connections: int = 2048
+    rest_idle_timeout_seconds: float = 15.0  # a connection's request headers must arrive within this
+    rest_body_timeout_seconds: float = 30.0  # a request body must arrive within this once headers are in
+    rest_api_timeout_seconds: float = 30.0  # TF Serving's --rest_api_timeout_in_ms: the whole request
+    grpc_max_concurrent_streams: int = 128  # per HTTP/2 connection
+    grpc_max_concurrent_rpcs: int = 1024  # whole server; beyond it RESOURCE_EXHAUSTED at once
+    grpc_keepalive_seconds: float = 60.0  # ping idle connections this often; dead peers are cut
+    grpc_keepalive_timeout_seconds: float = 20.0
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     models: tuple[ModelConfig, ...]
     host: str = "0.0.0.0"
@@ -100,6 +125,9 @@ class ServerConfig:
     inline_engine_micros: float = 200.0
     workers: int = 1
     grpc_channel_arguments: tuple[tuple[str, int | str], ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    auth_token_file: Path | None = None
+    auth_exempt: tuple[str, ...] = ("health", "metrics")
 
 
 def parse_model_config_text(text: str, relative_to: Path | None = None) -> tuple[ModelConfig, ...]:
@@ -340,7 +368,63 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, keep serving normally this long (health already NOT_SERVING) before the "
         "drain, for clients still routed here; in Kubernetes a preStop sleep does this instead",
     )
+    _add_security_flags(parser)
+    _add_limit_flags(parser)
     return parser
+
+
+def _add_security_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("security")
+    group.add_argument(
+        "--auth_token_file",
+        default=None,
+        help="require 'authorization: Bearer <token>' on both APIs; the file holds one token per line "
+        "(# comments allowed) and is re-read when it changes",
+    )
+    group.add_argument(
+        "--auth_exempt",
+        default=",".join(ServerConfig.auth_exempt),
+        help="comma-separated endpoints that need no token: 'health' (gRPC health service), "
+        "'metrics' (the Prometheus path), 'status' (model status and metadata); '' for none",
+    )
+
+
+# (flag, Limits field, type, unit scale, help): every limit is a flag with its default in Limits.
+_LIMIT_FLAGS: tuple[tuple[str, str, type, float, str], ...] = (
+    ("--max_request_rows", "max_request_rows", int, 1, "rows (batch dimension) one request may carry; with batching, max_batch_size also applies"),
+    ("--max_string_bytes", "max_string_bytes", int, 1, "bytes of one string element (an encoded image, a text)"),
+    ("--rest_max_body_bytes", "rest_max_body_bytes", int, 1, "largest REST request body (413 beyond); 0: as --grpc_max_message_bytes"),
+    ("--rest_max_json_depth", "rest_max_json_depth", int, 1, "deepest nesting of arrays and objects in a REST body"),
+    ("--rest_max_inflight_bytes", "rest_max_inflight_bytes", int, 1, "REST request bodies read or parsed at once, in bytes (429 beyond)"),
+    ("--rest_max_connections", "rest_max_connections", int, 1, "open REST connections (beyond: 503 and closed)"),
+    ("--rest_idle_timeout_seconds", "rest_idle_timeout_seconds", float, 1, "close a REST connection that sends no complete request headers for this long"),
+    ("--rest_body_timeout_seconds", "rest_body_timeout_seconds", float, 1, "a REST body must arrive within this once its headers have (408 beyond)"),
+    ("--rest_api_timeout_in_ms", "rest_api_timeout_seconds", float, 1e-3, "the whole REST request, as in TF Serving (504 beyond)"),
+    ("--grpc_max_concurrent_streams", "grpc_max_concurrent_streams", int, 1, "concurrent calls on one gRPC connection"),
+    ("--grpc_max_concurrent_rpcs", "grpc_max_concurrent_rpcs", int, 1, "concurrent gRPC calls in the whole server (RESOURCE_EXHAUSTED beyond)"),
+    ("--grpc_keepalive_seconds", "grpc_keepalive_seconds", float, 1, "ping idle gRPC connections this often; peers that do not answer are cut"),
+    ("--grpc_keepalive_timeout_seconds", "grpc_keepalive_timeout_seconds", float, 1, "how long a keepalive ping may go unanswered"),
+)
+
+
+def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("limits", "what one request, one connection and the server may take")
+    defaults = Limits()
+    for flag, name, kind, scale, help_text in _LIMIT_FLAGS:
+        default = getattr(defaults, name) / scale
+        group.add_argument(flag, type=kind, default=kind(default), help=f"{help_text} (default {kind(default)})")
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    values = {}
+    for flag, name, _, scale, _ in _LIMIT_FLAGS:
+        value = getattr(args, flag[2:]) * scale
+        if name == "rest_max_body_bytes" and value == 0:
+            value = args.grpc_max_message_bytes
+        if value <= 0:
+            raise ConfigError(f"{flag} must be positive")
+        values[name] = type(getattr(Limits, name))(value)
+    return Limits(**values)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
@@ -376,6 +460,13 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         raise ConfigError("--workers must be at least 1")
     if args.grpc_max_message_bytes < 1024:
         raise ConfigError("--grpc_max_message_bytes must be at least 1024")
+    if args.auth_token_file:
+        from serving.auth import TokenFile  # checks the file now: a bad one is a start-up error
+
+        try:
+            TokenFile(Path(args.auth_token_file))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     return ServerConfig(
         models=models,
         host=args.host,
@@ -398,7 +489,21 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         grpc_channel_arguments=parse_channel_arguments(args.grpc_channel_arguments),
         inline_engine_micros=args.inline_engine_micros,
         workers=args.workers,
+        limits=_limits(args),
+        auth_token_file=Path(args.auth_token_file).resolve() if args.auth_token_file else None,
+        auth_exempt=_exempt(args.auth_exempt),
     )
+
+
+_EXEMPTABLE = ("health", "metrics", "status")
+
+
+def _exempt(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = sorted(set(names) - set(_EXEMPTABLE))
+    if unknown:
+        raise ConfigError(f"--auth_exempt: unknown endpoint(s) {unknown}; known: {list(_EXEMPTABLE)}")
+    return names
 
 
 def _read(path: Path, flag: str) -> str:

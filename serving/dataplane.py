@@ -20,13 +20,12 @@ import numpy as np
 from serving.backends import Backend, Signature, TensorMeta
 from serving.batching import Batcher, rows_of
 from serving.codec import STRING, dtype_name
-from serving.config import BatchingConfig
+from serving.config import BatchingConfig, Limits
 from serving.errors import FailedPrecondition, InvalidArgument
 from serving.metrics import Metrics
 from serving.repository import ModelVersion, Repository
 
 DEFAULT_SIGNATURE = "serving_default"
-MAX_STRING_BYTES = 16 * 1024 * 1024  # one string element (an image, a text)
 
 
 @dataclass(frozen=True)
@@ -36,8 +35,12 @@ class Result:
     outputs: dict[str, np.ndarray]
 
 
-def validate_inputs(signature: Signature, inputs: Mapping[str, np.ndarray]) -> None:
-    """Raise InvalidArgument unless `inputs` is exactly what `signature` takes."""
+def validate_inputs(
+    signature: Signature, inputs: Mapping[str, np.ndarray], limits: Limits | None = None
+) -> int:
+    """Raise InvalidArgument unless `inputs` is exactly what `signature` takes, within `limits`;
+    returns the number of rows."""
+    limits = limits or Limits()
     given = set(inputs)
     expected = set(signature.inputs)
     for alternative, replaced in signature.alternatives.items():
@@ -61,14 +64,21 @@ def validate_inputs(signature: Signature, inputs: Mapping[str, np.ndarray]) -> N
     batch: int | None = None
     for name, value in inputs.items():
         meta = signature.inputs.get(name) or TensorMeta(STRING, (-1,))
-        _check_tensor(name, value, meta)
+        _check_tensor(name, value, meta, limits.max_string_bytes)
         rows = value.shape[0]
         if batch is not None and rows != batch:
             raise InvalidArgument(f"inputs disagree on batch size: '{name}' has {rows} rows, others {batch}")
         batch = rows
+    assert batch is not None
+    if batch > limits.max_request_rows:
+        raise InvalidArgument(
+            f"request has {batch} rows, over the limit of {limits.max_request_rows} rows per request "
+            f"(--max_request_rows): split it"
+        )
+    return batch
 
 
-def _check_tensor(name: str, value: np.ndarray, meta: TensorMeta) -> None:
+def _check_tensor(name: str, value: np.ndarray, meta: TensorMeta, max_string_bytes: int) -> None:
     if value.dtype != meta.dtype:
         raise InvalidArgument(
             f"input '{name}' must be {dtype_name(meta.dtype)}, got {dtype_name(value.dtype)}"
@@ -90,9 +100,10 @@ def _check_tensor(name: str, value: np.ndarray, meta: TensorMeta) -> None:
         for element in value.reshape(-1):
             if not isinstance(element, bytes):
                 raise InvalidArgument(f"input '{name}' holds a non-bytes element")
-            if len(element) > MAX_STRING_BYTES:
+            if len(element) > max_string_bytes:
                 raise InvalidArgument(
-                    f"input '{name}' has an element of {len(element)} bytes, over the {MAX_STRING_BYTES}-byte limit"
+                    f"input '{name}' has an element of {len(element)} bytes, over the {max_string_bytes}-byte "
+                    f"limit (--max_string_bytes)"
                 )
 
 
@@ -119,12 +130,14 @@ class DataPlane:
         batching: BatchingConfig | None = None,
         max_tensor_bytes: int = 1 << 30,
         inline_engine_seconds: float = 200e-6,
+        limits: Limits | None = None,
     ) -> None:
         self.repository = repository
         self.metrics = metrics
         self.executor = executor
         self.batching = batching
         self.max_tensor_bytes = max_tensor_bytes
+        self.limits = limits or Limits()
         # Engine calls expected to take less than this run on the event loop: for them the hop to
         # a worker thread (a future, two thread wake-ups, GIL hand-offs) costs more CPU than the
         # call itself. The expectation is the version's warm-up measurement (`EngineCost`), taken
@@ -182,14 +195,24 @@ class DataPlane:
         output_filter: Sequence[str],
     ) -> Result:
         sig = self.signature_of(resolved, signature)
-        validate_inputs(sig, inputs)
+        rows = validate_inputs(sig, inputs, self.limits)
+        if self.batching is not None and rows > self.batching.max_batch_size:
+            # TF Serving's answer (without large batch splitting, which is not offered here).
+            raise InvalidArgument(
+                f"Task size {rows} is larger than maximum input batch size {self.batching.max_batch_size}"
+            )
         for name in output_filter:
             if not isinstance(name, str) or name not in sig.outputs:
                 raise InvalidArgument(
                     f"output_filter names {name!r}, which signature '{sig.name}' does not have; "
                     f"outputs are {sorted(sig.outputs)}"
                 )
-        total = sum(v.nbytes if v.dtype != STRING else sum(map(len, v.reshape(-1))) for v in inputs.values())
+        # A string element costs its bytes plus a fixed overhead: a million empty strings are not free.
+        overhead = self.limits.string_element_overhead
+        total = sum(
+            v.nbytes if v.dtype != STRING else sum(map(len, v.reshape(-1))) + overhead * v.size
+            for v in inputs.values()
+        )
         if total > self.max_tensor_bytes:
             raise InvalidArgument(f"inputs total {total} bytes, over the {self.max_tensor_bytes}-byte limit")
 

@@ -1,6 +1,6 @@
 """One exception hierarchy for the server; each class carries its gRPC code and HTTP status.
 
-The gRPC interceptor and the REST error middleware are the only places that translate these into
+The gRPC `rpc` decorator and the REST error middleware are the only places that translate these into
 wire errors (`serving.protocol.grpc.server` and `serving.protocol.rest.app`). Anything else that
 escapes a handler becomes INTERNAL with a generic message and a logged traceback.
 """
@@ -49,6 +49,34 @@ class ResourceExhausted(ServingError):
 
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
     http_status = 429
+
+
+class Unauthenticated(ServingError):
+    """No bearer token, or one the server does not know (the answer never says which tokens exist)."""
+
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    http_status = 401
+
+
+class DeadlineExceeded(ServingError):
+    """The request's deadline (gRPC) or the REST timeout passed before it was answered."""
+
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+    http_status = 504
+
+
+class RequestTimeout(ServingError):
+    """REST only: the request body did not arrive in time (`--rest_body_timeout_seconds`)."""
+
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+    http_status = 408
+
+
+class PayloadTooLarge(ServingError):
+    """REST only: the body is larger than `--rest_max_body_bytes`."""
+
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 413
 
 
 class FailedPrecondition(ServingError):

@@ -30,13 +30,15 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2
 
 from serving.admission import Admission
+from serving.auth import TokenFile
 from serving.backends import BackendOptions
 from serving.config import ServerConfig
 from serving.dataplane import DataPlane
 from serving.metrics import Metrics
 from serving.protocol import Services
-from serving.protocol.grpc.server import READINESS_SERVICES, create_server
+from serving.protocol.grpc.server import READINESS_SERVICES, HealthServicer, create_server
 from serving.protocol.rest.app import RestApi
+from serving.protocol.rest.guard import GuardedSite, ssl_context
 from serving.repository import ModelVersion, Repository
 
 log = logging.getLogger(__name__)
@@ -177,8 +179,20 @@ async def start(config: ServerConfig, readiness: Readiness | None = None) -> Run
         config.batching,
         max_tensor_bytes=config.grpc_max_message_bytes,
         inline_engine_seconds=config.inline_engine_micros / 1e6,
+        limits=config.limits,
     )
-    services = Services(dataplane, repository, metrics, Admission(), health.aio.HealthServicer())
+    tokens = TokenFile(config.auth_token_file) if config.auth_token_file else None
+    services = Services(
+        dataplane,
+        repository,
+        metrics,
+        Admission(),
+        HealthServicer(None if "health" in config.auth_exempt else tokens),
+        auth=tokens,
+        auth_exempt=config.auth_exempt,
+    )
+    if tokens is not None:
+        log.info("bearer tokens required (%d loaded); exempt: %s", tokens.count, ", ".join(config.auth_exempt) or "nothing")
 
     grpc_server, grpc_port = create_server(services, config)
     await grpc_server.start()
@@ -186,13 +200,26 @@ async def start(config: ServerConfig, readiness: Readiness | None = None) -> Run
 
     runner, rest_port = None, -1
     if config.rest_api_port >= 0:
-        api = RestApi(services, config.monitoring)
-        runner = web.AppRunner(api.app(config.grpc_max_message_bytes), access_log=None, shutdown_timeout=2.0)
+        api = RestApi(services, config.monitoring, config.limits)
+        runner = web.AppRunner(
+            api.app(),
+            access_log=None,
+            shutdown_timeout=2.0,
+            # The keep-alive timer runs from the moment a connection opens: it is the header timeout too.
+            keepalive_timeout=config.limits.rest_idle_timeout_seconds,
+        )
         await runner.setup()
-        site = web.TCPSite(runner, config.host, config.rest_api_port, reuse_port=config.workers > 1 or None)
+        site = GuardedSite(
+            runner,
+            config.host,
+            config.rest_api_port,
+            max_connections=config.limits.rest_max_connections,
+            reuse_port=config.workers > 1 or None,
+            ssl_context=ssl_context(config.tls) if config.tls else None,
+        )
         await site.start()
         rest_port = runner.addresses[0][1]
-        log.info("REST listening on %s:%d", config.host, rest_port)
+        log.info("REST listening on %s:%d%s", config.host, rest_port, " (TLS)" if config.tls else "")
 
     running = RunningServer(
         config=config,

@@ -38,6 +38,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
             str(folder / "batching.config"),
             "--grpc_max_message_bytes",
             str(1 << 20),
+            "--rest_max_body_bytes",
+            str(1 << 20),
         ],
         folder / "server.log",
     )

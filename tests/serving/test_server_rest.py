@@ -207,10 +207,8 @@ def _image_text(value: str) -> bytes:
         (b'{"instances": ["\\udc00"]}', "surrogate"),
         (b'{"instances": [1], "x": "\xff"}', "UTF-8"),  # invalid UTF-8
         (b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "depth"),  # orjson's 1024 levels
-        (
-            b'{"instances": ' + b"[" * 70 + b"1" + b"]" * 70 + b"}",
-            "cannot read",
-        ),  # past numpy's 64 dimensions
+        (b'{"instances": ' + b"[" * 70 + b"1" + b"]" * 70 + b"}", "71 deep"),  # past --rest_max_json_depth
+        (b'{"instances": ' + b"[" * 63 + b"1" + b"]" * 63 + b"}", "rank 4"),  # 64 deep, at the limit
         (b'{"instances": ' + b"[" * 40 + b"1," * 3000 + b"1" + b"]" * 40 + b"}", "rank 4"),
     ],
 )
@@ -300,7 +298,7 @@ def test_prometheus_metrics(server: ServerProcess) -> None:
 
 
 def test_large_bodies_are_answered(server: ServerProcess, repo: Path) -> None:
-    batch = pixels(150, seed=11)
+    batch = pixels(32, seed=11) + np.float32(0.123456)  # max_batch_size rows, long numbers
     body = {"instances": batch.tolist()}
     assert len(json.dumps(body)) > 256 * 1024
     status, answer = call(server, "/v1/models/tiny:predict", body)
@@ -309,3 +307,6 @@ def test_large_bodies_are_answered(server: ServerProcess, repo: Path) -> None:
     bad = {"instances": [*batch.tolist()[:-1], [[1, 2]]]}  # ragged, and large
     status, answer = call(server, "/v1/models/tiny:predict", bad)
     assert status == 400 and "cannot read" in answer["error"]
+    # One row past max_batch_size: TF Serving's answer, not a retryable "queue full".
+    status, answer = call(server, "/v1/models/tiny:predict", {"instances": pixels(33).tolist()})
+    assert status == 400 and answer["error"] == "Task size 33 is larger than maximum input batch size 32"

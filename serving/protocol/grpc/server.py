@@ -17,13 +17,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from google.protobuf.message import DecodeError, Message
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from serving import codec
 from serving.admission import Admission
+from serving.auth import TokenFile
 from serving.config import ServerConfig
-from serving.errors import InvalidArgument, ServingError, Unimplemented
+from serving.errors import InvalidArgument, ServingError, Unauthenticated, Unimplemented
 from serving.metrics import Metrics
 from serving.proto import apis_pb2, apis_pb2_grpc, example_pb2
 from serving.protocol import Services, messages
@@ -46,35 +48,70 @@ Method = Callable[[Servicer, Request, grpc.aio.ServicerContext], Awaitable[Respo
 class _Servicer:
     metrics: Metrics
     admission: Admission
+    tokens: dict[str, TokenFile]  # api -> the tokens it requires (none: no auth, or exempt)
 
 
-def rpc(api: str) -> Callable[[Method[Servicer, Request, Response]], Method[Servicer, Request, Response]]:
-    """Wrap a servicer method once, at class definition: admission, metrics and error mapping.
+# The pushback a refused caller is told to wait before retrying (trailing metadata from the gRPC
+# retry design; the project's clients honour it, as REST clients honour Retry-After).
+RETRY_PUSHBACK = (("grpc-retry-pushback-ms", "1000"),)
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
-    The one place gRPC errors are made: `ServingError` subclasses become their status code; anything
-    else becomes INTERNAL with a generic message and a logged traceback. (A `grpc.aio` server
-    interceptor would do the same per call, at the cost of building a handler for every request.)
+
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return None
+
+
+def rpc(
+    api: str, request_type: type[Message]
+) -> Callable[[Method[Servicer, Request, Response]], Callable[[Servicer, bytes, grpc.aio.ServicerContext], Awaitable[Response]]]:
+    """Wrap a servicer method once, at class definition: parsing, admission, auth, metrics, errors.
+
+    Methods are registered with no request deserializer (see `_register`): the raw bytes are parsed
+    here, so bytes that are no valid `request_type` are INVALID_ARGUMENT like any malformed request
+    (a deserializer's failure would be gRPC's own INTERNAL). The one place gRPC errors are made:
+    `ServingError` subclasses become their status code; anything else becomes INTERNAL with a generic
+    message and a logged traceback. (A `grpc.aio` server interceptor would do the same per call, at
+    the cost of building a handler for every request.)
     """
 
-    def wrap(method: Method[Servicer, Request, Response]) -> Method[Servicer, Request, Response]:
+    def wrap(
+        method: Method[Servicer, Request, Response],
+    ) -> Callable[[Servicer, bytes, grpc.aio.ServicerContext], Awaitable[Response]]:
         name = method.__name__
 
         @functools.wraps(method)
-        async def guarded(self: Servicer, request: Request, context: grpc.aio.ServicerContext) -> Response:
+        async def guarded(self: Servicer, raw: bytes, context: grpc.aio.ServicerContext) -> Response:
             started = time.perf_counter()
-            spec = getattr(request, "model_spec", None)  # ReloadConfigRequest has none
-            model = spec.name if spec is not None else ""
+            model = ""
             status = "OK"
             admitted = False
             try:
                 self.admission.enter()
                 admitted = True
-                return await method(self, request, context)
+                tokens = self.tokens.get(api)
+                if tokens is not None:
+                    tokens.check(_authorization(context))
+                try:
+                    request = request_type.FromString(raw)
+                except DecodeError as exc:
+                    raise InvalidArgument(
+                        f"the request is not a valid {request_type.DESCRIPTOR.full_name} message: {exc}"
+                    ) from None
+                spec = getattr(request, "model_spec", None)  # ReloadConfigRequest has none
+                model = spec.name if spec is not None else ""
+                return await method(self, request, context)  # type: ignore[arg-type]
             except ServingError as exc:
                 status = exc.grpc_code.name
+                if exc.grpc_code in _RETRYABLE:
+                    context.set_trailing_metadata(RETRY_PUSHBACK)
                 await context.abort(exc.grpc_code, exc.message)
-            except asyncio.CancelledError:  # the client went away or its deadline passed
-                status = "CANCELLED"
+            except asyncio.CancelledError:
+                # The client went away or its deadline passed: nothing to answer, nothing to log.
+                remaining = context.time_remaining()
+                status = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
                 raise
             except grpc.aio.AbortError:  # a handler that aborted itself has said everything
                 status = "UNKNOWN"
@@ -92,6 +129,40 @@ def rpc(api: str) -> Callable[[Method[Servicer, Request, Response]], Method[Serv
         return guarded
 
     return wrap
+
+
+class HealthServicer(health.aio.HealthServicer):
+    """The standard grpc.health.v1 servicer, requiring a token when health is not exempt."""
+
+    def __init__(self, tokens: TokenFile | None = None) -> None:
+        super().__init__()
+        self._tokens = tokens
+
+    async def _check_token(self, context: grpc.aio.ServicerContext) -> None:
+        if self._tokens is not None:
+            try:
+                self._tokens.check(_authorization(context))
+            except Unauthenticated as exc:
+                await context.abort(exc.grpc_code, exc.message)
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckResponse:  # type: ignore[override]
+        await self._check_token(context)
+        return await super().Check(request, context)
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:  # type: ignore[override]
+        await self._check_token(context)
+        await super().Watch(request, context)
+
+
+def _register(server: grpc.aio.Server, service: str, servicer: object, responses: dict[str, type[Message]]) -> None:
+    """Add `servicer`'s methods as `service` with raw request bytes (parsed by `rpc`)."""
+    handlers = {
+        method: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method), request_deserializer=None, response_serializer=response.SerializeToString
+        )
+        for method, response in responses.items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
 
 
 def _version_choice(spec: apis_pb2.ModelSpec) -> tuple[int | None, str | None]:
@@ -130,9 +201,10 @@ class PredictionService(apis_pb2_grpc.PredictionServiceServicer, _Servicer):
         self.dataplane = services.dataplane
         self.metrics = services.metrics
         self.admission = services.admission
+        self.tokens = services.tokens_for("predict", "classify", "metadata")
         self.max_bytes = services.dataplane.max_tensor_bytes
 
-    @rpc("predict")
+    @rpc("predict", apis_pb2.PredictRequest)
     async def Predict(
         self, request: apis_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> apis_pb2.PredictResponse:
@@ -152,7 +224,7 @@ class PredictionService(apis_pb2_grpc.PredictionServiceServicer, _Servicer):
             codec.from_numpy(value, response.outputs[name])
         return response
 
-    @rpc("classify")
+    @rpc("classify", apis_pb2.ClassificationRequest)
     async def Classify(
         self, request: apis_pb2.ClassificationRequest, context: grpc.aio.ServicerContext
     ) -> apis_pb2.ClassificationResponse:
@@ -179,7 +251,7 @@ class PredictionService(apis_pb2_grpc.PredictionServiceServicer, _Servicer):
             )
         return response
 
-    @rpc("metadata")
+    @rpc("metadata", apis_pb2.GetModelMetadataRequest)
     async def GetModelMetadata(
         self, request: apis_pb2.GetModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> apis_pb2.GetModelMetadataResponse:
@@ -199,8 +271,9 @@ class ModelService(apis_pb2_grpc.ModelServiceServicer, _Servicer):
         self.repository = services.repository
         self.metrics = services.metrics
         self.admission = services.admission
+        self.tokens = services.tokens_for("status", "reload_config")
 
-    @rpc("status")
+    @rpc("status", apis_pb2.GetModelStatusRequest)
     async def GetModelStatus(
         self, request: apis_pb2.GetModelStatusRequest, context: grpc.aio.ServicerContext
     ) -> apis_pb2.GetModelStatusResponse:
@@ -208,7 +281,7 @@ class ModelService(apis_pb2_grpc.ModelServiceServicer, _Servicer):
         version, label = _version_choice(spec)
         return messages.status_response(self.repository.statuses(spec.name, version, label))
 
-    @rpc("reload_config")
+    @rpc("reload_config", apis_pb2.ReloadConfigRequest)
     async def HandleReloadConfigRequest(
         self, request: apis_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
     ) -> apis_pb2.ReloadConfigResponse:
@@ -217,21 +290,42 @@ class ModelService(apis_pb2_grpc.ModelServiceServicer, _Servicer):
         )
 
 
+_PREDICTION_RESPONSES: dict[str, type[Message]] = {
+    "Predict": apis_pb2.PredictResponse,
+    "Classify": apis_pb2.ClassificationResponse,
+    "GetModelMetadata": apis_pb2.GetModelMetadataResponse,
+}
+_MODEL_RESPONSES: dict[str, type[Message]] = {
+    "GetModelStatus": apis_pb2.GetModelStatusResponse,
+    "HandleReloadConfigRequest": apis_pb2.ReloadConfigResponse,
+}
+
+
 def create_server(services: Services, config: ServerConfig) -> tuple[grpc.aio.Server, int]:
     """Build (not start) the gRPC server on `config.host:config.port`; returns it and the bound port.
 
     Serves TF Serving's two services, `services.health` (grpc.health.v1) and server reflection.
     """
     address = f"{config.host}:{config.port}"
+    limits = config.limits
     options = [
         ("grpc.max_receive_message_length", config.grpc_max_message_bytes),
         ("grpc.max_send_message_length", config.grpc_max_message_bytes),
         ("grpc.so_reuseport", 1 if config.workers > 1 else 0),  # only worker processes share a port
+        ("grpc.max_concurrent_streams", limits.grpc_max_concurrent_streams),
+        # Ping idle connections and cut peers that do not answer, so a vanished client does not hold
+        # its calls' memory; accept clients' own keepalive pings down to every 10 s.
+        ("grpc.keepalive_time_ms", int(limits.grpc_keepalive_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", int(limits.grpc_keepalive_timeout_seconds * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         *config.grpc_channel_arguments,
     ]
-    server = grpc.aio.server(options=options)
-    apis_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(services), server)
-    apis_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(services), server)
+    # Beyond maximum_concurrent_rpcs, gRPC answers RESOURCE_EXHAUSTED before any handler runs: the
+    # bound on what calls in flight (including those whose client never reads) can hold.
+    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=limits.grpc_max_concurrent_rpcs)
+    _register(server, PREDICTION_SERVICE, PredictionService(services), _PREDICTION_RESPONSES)
+    _register(server, MODEL_SERVICE, ModelService(services), _MODEL_RESPONSES)
     health_pb2_grpc.add_HealthServicer_to_server(services.health, server)
     reflection.enable_server_reflection(SERVICE_NAMES, server)
     tls = config.tls

@@ -6,8 +6,15 @@
     POST /v1/models/<m>[/versions/<v>|/labels/<l>]:classify     {"examples": [{feature: value}, ...]}
     GET  <monitoring path>                                      Prometheus text
 
-Errors are `{"error": "<message>"}` with the status each `ServingError` carries; JSON bodies of
-status and metadata are the protobuf messages rendered as JSON, as TF Serving does.
+Errors are `{"error": "<message>"}` with the status each `ServingError` carries (429 and 503 with
+`Retry-After`, 401 with `WWW-Authenticate: Bearer`); JSON bodies of status and metadata are the
+protobuf messages rendered as JSON, as TF Serving does.
+
+Per request, before a handler sees it: the bearer token (with `--auth_token_file`), admission (503
+once draining), the whole-request timeout (`--rest_api_timeout_in_ms`, 504), and for bodies the size
+limit (413, from Content-Length before reading), the bytes-in-flight budget across requests (429,
+so a burst of huge bodies cannot exhaust memory or monopolise the event loop) and the body timeout
+(408, for clients that send slowly). Connection-level protection is in `guard.py`.
 
 JSON is read and written with orjson; a predict body's big numeric arrays are read straight into
 flat lists (`codec.loads`), and numeric outputs are written from the arrays themselves. Bodies are
@@ -17,6 +24,7 @@ would stall the loop just as long and add a thread hop to every request.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -26,12 +34,26 @@ from typing import Any
 import numpy as np
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import json_format
 
 from serving import codec
 from serving.backends import Signature
-from serving.config import MonitoringConfig
-from serving.errors import InvalidArgument, MethodNotAllowed, NotFound, ServingError, Unimplemented
+from serving.config import DEFAULT_MAX_MESSAGE_BYTES, Limits, MonitoringConfig
+from serving.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    ResourceExhausted,
+    ServingError,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
 from serving.protocol import Services, messages
 
 log = logging.getLogger(__name__)
@@ -71,14 +93,26 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None) 
     return _json_response({"error": message}, status=status, headers=headers)
 
 
+def _error_headers(exc: ServingError) -> dict[str, str] | None:
+    if isinstance(exc, MethodNotAllowed):
+        return {"Allow": ", ".join(exc.allowed)}
+    if isinstance(exc, ResourceExhausted | Unavailable):
+        return {"Retry-After": "1"}
+    if isinstance(exc, Unauthenticated):
+        return {"WWW-Authenticate": "Bearer"}
+    return None
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The REST twin of the gRPC `rpc` decorator: ServingError -> its status; anything else -> 500."""
     try:
         return await handler(request)
     except ServingError as exc:
-        allow = {"Allow": ", ".join(exc.allowed)} if isinstance(exc, MethodNotAllowed) else None
-        return _error(exc.http_status, exc.message, allow)
+        response = _error(exc.http_status, exc.message, _error_headers(exc))
+        if request.get("close_connection"):
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status >= 400:
             return _error(exc.status, exc.reason)
@@ -95,29 +129,48 @@ def _message_json(message: Any) -> dict[str, Any]:
 
 
 class RestApi:
-    def __init__(self, services: Services, monitoring: MonitoringConfig) -> None:
+    def __init__(self, services: Services, monitoring: MonitoringConfig, limits: Limits | None = None) -> None:
         self.dataplane = services.dataplane
         self.repository = services.repository
         self.metrics = services.metrics
         self.admission = services.admission
         self.monitoring = monitoring
+        self.limits = limits or Limits()
+        self.max_body_bytes = self.limits.rest_max_body_bytes or DEFAULT_MAX_MESSAGE_BYTES
+        tokens = services.tokens_for("predict", "status", "metrics")
+        self._predict_tokens, self._status_tokens = tokens.get("predict"), tokens.get("status")
+        self._metrics_tokens = tokens.get("metrics")
+        self.inflight_bytes = 0  # request bodies being read or parsed now
 
-    def app(self, max_body_bytes: int) -> web.Application:
+    def app(self) -> web.Application:
         admission, metrics_path = self.admission, self.monitoring.path if self.monitoring.enable else None
+        timeout = self.limits.rest_api_timeout_seconds
 
         @web.middleware
         async def admission_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-            """Counts the request in for draining; refused (503) once shutdown began. Scrapes pass."""
+            """Token, then admission for draining (503 once shutdown began; scrapes pass), then the
+            whole-request timeout; releases the request's share of the bytes-in-flight budget."""
             if request.path == metrics_path:
+                if self._metrics_tokens is not None:
+                    self._metrics_tokens.check(request.headers.get("Authorization"))
                 return await handler(request)
+            tokens = self._status_tokens if request.method == "GET" else self._predict_tokens
+            if tokens is not None:
+                tokens.check(request.headers.get("Authorization"))
             admission.enter()
             try:
-                return await handler(request)
+                async with asyncio.timeout(timeout):
+                    return await handler(request)
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"the request took longer than {timeout * 1000:.0f} ms (--rest_api_timeout_in_ms)"
+                ) from None
             finally:
                 admission.exit()
+                self.inflight_bytes -= request.get("reserved_bytes", 0)
 
         app = web.Application(
-            middlewares=[error_middleware, admission_middleware], client_max_size=max_body_bytes
+            middlewares=[error_middleware, admission_middleware], client_max_size=self.max_body_bytes
         )
         app.router.add_route("*", "/v1/models/{tail:.*}", self.models)
         if self.monitoring.enable:
@@ -139,8 +192,8 @@ class RestApi:
                 raise MethodNotAllowed(f"{rest[1:]} takes POST", allowed=("POST",))
             if rest == ":regress":
                 raise Unimplemented("regress is not supported: these models are classifiers")
-            raw = await request.read()
-            body = _parse_json(raw, dense_arrays=rest == ":predict")
+            raw = await self._read_body(request)
+            body = _parse_json(raw, self.limits.rest_max_json_depth, dense_arrays=rest == ":predict")
             if rest == ":predict":
                 return await self.predict(name, version, label, body)
             return await self.classify(name, version, label, body)
@@ -154,15 +207,53 @@ class RestApi:
             statuses = self.repository.statuses(name, version, label)
             return _json_response(_message_json(messages.status_response(statuses)))
 
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The body, within the size limit, the bytes-in-flight budget and the body timeout."""
+        limits = self.limits
+        length = request.content_length
+        if length is not None and length > self.max_body_bytes:
+            raise PayloadTooLarge(
+                f"Request Entity Too Large: the body is {length} bytes, over the {self.max_body_bytes}-byte "
+                f"limit (--rest_max_body_bytes)"
+            )
+        reserved = length or 0
+        if self.inflight_bytes and self.inflight_bytes + reserved > limits.rest_max_inflight_bytes:
+            raise ResourceExhausted(
+                f"{self.inflight_bytes} bytes of request bodies are in flight; this one ({reserved} bytes) would "
+                f"pass the {limits.rest_max_inflight_bytes}-byte budget (--rest_max_inflight_bytes): retry later"
+            )
+        self.inflight_bytes += reserved
+        request["reserved_bytes"] = reserved
+        try:
+            async with asyncio.timeout(limits.rest_body_timeout_seconds):
+                raw = await request.read()
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the request body did not arrive within {limits.rest_body_timeout_seconds:g} s "
+                f"(--rest_body_timeout_seconds)"
+            ) from None
+        except web.HTTPRequestEntityTooLarge:
+            raise PayloadTooLarge(
+                f"Request Entity Too Large: the body is over the {self.max_body_bytes}-byte limit "
+                f"(--rest_max_body_bytes)"
+            ) from None
+        except (RequestPayloadError, HttpProcessingError, ValueError) as exc:  # e.g. "gzip" that is not
+            # The rest of this body cannot be read either: end it here (aiohttp would otherwise try
+            # to drain it after the answer, and fail again) and close the connection after the answer.
+            request.content.feed_eof()
+            request["close_connection"] = True
+            raise InvalidArgument(f"cannot read the request body: {str(exc).strip()}") from None
+        if len(raw) > reserved:  # chunked, or compressed: account for what was actually read
+            self.inflight_bytes += len(raw) - reserved
+            request["reserved_bytes"] = len(raw)
+        return raw
+
     async def predict(
         self, name: str, version: int | None, label: str | None, body: dict[str, Any]
     ) -> web.Response:
         with self.metrics.track(name, "predict", "REST"):
-            signature_name = body.get("signature_name", "")
-            if not isinstance(signature_name, str):
-                raise InvalidArgument("signature_name must be a string")
             resolved = self.repository.resolve(name, version, label)
-            signature = self.dataplane.signature_of(resolved, signature_name)
+            signature = self.dataplane.signature_of(resolved, _signature_name(body))
             if ("instances" in body) == ("inputs" in body):
                 raise InvalidArgument(
                     'the body needs exactly one of "instances" (row format) or "inputs" (columnar format)'
@@ -173,6 +264,8 @@ class RestApi:
             else:
                 inputs = _columns_to_tensors(body["inputs"], signature)
             output_filter = body.get("output_filter") or []
+            if not isinstance(output_filter, list) or not all(isinstance(n, str) for n in output_filter):
+                raise InvalidArgument('"output_filter" must be a list of output names (strings)')
             result = await self.dataplane.predict(
                 name, inputs, version=resolved.version, signature=signature.name, output_filter=output_filter
             )
@@ -189,7 +282,7 @@ class RestApi:
             if not isinstance(context, dict):
                 raise InvalidArgument('"context" must be an object of features')
             resolved = self.repository.resolve(name, version, label)
-            signature = self.dataplane.signature_of(resolved, body.get("signature_name", ""))
+            signature = self.dataplane.signature_of(resolved, _signature_name(body))
             decoded = []
             for example in examples:
                 if not isinstance(example, dict):
@@ -222,6 +315,13 @@ def _predict_response(outputs: Mapping[str, np.ndarray], row_format: bool) -> we
     return web.Response(body=json.dumps(payload).encode(), content_type="application/json", charset="utf-8")
 
 
+def _signature_name(body: dict[str, Any]) -> str:
+    name = body.get("signature_name", "")
+    if not isinstance(name, str):
+        raise InvalidArgument('"signature_name" must be a string')
+    return name
+
+
 def _parse_version(raw: str | None) -> int | None:
     if raw is None:
         return None
@@ -230,8 +330,8 @@ def _parse_version(raw: str | None) -> int | None:
     return int(raw)
 
 
-def _parse_json(raw: bytes, dense_arrays: bool = False) -> dict[str, Any]:
-    body = codec.loads(raw, dense_arrays=dense_arrays)
+def _parse_json(raw: bytes, max_depth: int, dense_arrays: bool = False) -> dict[str, Any]:
+    body = codec.loads(raw, dense_arrays=dense_arrays, max_depth=max_depth)
     if not isinstance(body, dict):
         raise InvalidArgument("request body must be a JSON object")
     return body
