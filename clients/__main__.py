@@ -5,17 +5,22 @@
     ml-client predict --model sentiment "a gripping, funny film"
     ml-client explain --model catdog photo.jpg -o overlay.png [--raw heatmap.npy]
     ml-client --rest --url http://localhost:8501 status --model digits
+    ml-client --token-file token.txt status --model digits   # a server started with --auth_token_file
 
 Nothing is hard-coded per model: the CLI reads the signature's inputs from GetModelMetadata and sends
 file bytes (a `*_bytes` string input), text (another string input) or a decoded image (a float
 [N,H,W,C] input). Class names come from the server's Classify. Every failure ends with one line on
 stderr and a non-zero exit: 1 when the server or the connection failed, 2 for bad flags or files.
+The bearer token comes from `--token`, `--token-file` or else the environment variable
+`ML_CLIENT_TOKEN`; calls the server answers UNAVAILABLE / RESOURCE_EXHAUSTED are retried `--retries`
+times within `--timeout`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,13 +29,16 @@ from typing import Any
 
 import numpy as np
 
+from clients.auth import check_token, read_token_file
 from clients.base import DEFAULT_TIMEOUT_S, Client
 from clients.errors import ClientError
 from clients.images import ImageLoadError, Invert, load_image_tensor, load_photo, read_bytes
 from clients.overlay import enlarge, overlay, save_png
+from clients.retries import DEFAULT_RETRIES
 
 PROG = "ml-client"
 DEFAULT_SIGNATURE = "serving_default"
+TOKEN_ENV = "ML_CLIENT_TOKEN"
 EXPLAIN_SIGNATURE = "explain"
 # Server-side failures that mean "Classify is not offered here" (REST reports FAILED_PRECONDITION as 400).
 _NO_CLASSIFY = ("FAILED_PRECONDITION", "UNIMPLEMENTED", "INVALID_ARGUMENT")
@@ -88,7 +96,28 @@ def _connection_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> Non
         help="PEM file of the CA that signed the server's certificate",
     )
     group.add_argument(
-        "--timeout", type=float, default=default(DEFAULT_TIMEOUT_S), help="seconds per call (default 30)"
+        "--timeout",
+        type=float,
+        default=default(DEFAULT_TIMEOUT_S),
+        help="deadline of each call in seconds, retries included (default 30)",
+    )
+    group.add_argument(
+        "--retries",
+        type=_non_negative,
+        default=default(DEFAULT_RETRIES),
+        help=f"retries of a call answered UNAVAILABLE or RESOURCE_EXHAUSTED (default {DEFAULT_RETRIES}; 0: none)",
+    )
+    token = group.add_mutually_exclusive_group()
+    token.add_argument(
+        "--token",
+        default=default(None),
+        help=f"bearer token sent with every call (default: ${TOKEN_ENV} when set)",
+    )
+    token.add_argument(
+        "--token-file",
+        type=Path,
+        default=default(None),
+        help="file holding the bearer token (surrounding whitespace stripped)",
     )
     version = group.add_mutually_exclusive_group()
     version.add_argument(
@@ -153,16 +182,42 @@ def _non_negative(text: str) -> int:
     return value
 
 
-def make_client(args: argparse.Namespace) -> Client:
+def resolve_token(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> str | None:
+    """The bearer token: --token-file, else --token, else $ML_CLIENT_TOKEN (None: send none)."""
+    if args.token_file is not None:
+        source, read = "--token-file", lambda: read_token_file(args.token_file)
+    elif args.token is not None:
+        source, read = "--token", lambda: check_token(args.token.strip())
+    else:
+        from_env = (os.environ if environ is None else environ).get(TOKEN_ENV, "").strip()
+        if not from_env:
+            return None
+        source, read = f"${TOKEN_ENV}", lambda: check_token(from_env)
+    try:
+        return read()
+    except ClientError as exc:
+        raise UsageError(f"{source}: {exc.message}") from exc
+
+
+def make_client(args: argparse.Namespace, token: str | None = None) -> Client:
     if args.rest:
         from clients.rest_client import RestClient
 
         if args.tls and not args.url.startswith("https://"):
             raise UsageError(f"--tls with --rest needs an https:// --url, got {args.url}")
-        return RestClient(args.url, timeout=args.timeout, root_certificates=args.ca)
+        return RestClient(
+            args.url, timeout=args.timeout, root_certificates=args.ca, token=token, retries=args.retries
+        )
     from clients.grpc_client import GrpcClient
 
-    return GrpcClient(args.target, tls=args.tls, root_certificates=args.ca, timeout=args.timeout)
+    return GrpcClient(
+        args.target,
+        tls=args.tls,
+        root_certificates=args.ca,
+        timeout=args.timeout,
+        token=token,
+        retries=args.retries,
+    )
 
 
 # -- deciding what to send -----------------------------------------------------------------------
@@ -404,14 +459,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.version is not None and args.label is not None:
         parser.error("give --version or --label, not both")
-    if args.timeout <= 0:
+    if args.token is not None and args.token_file is not None:  # one before the command, one after
+        parser.error("give --token or --token-file, not both")
+    if not 0 < args.timeout < float("inf"):
         parser.error(f"--timeout must be positive, got {args.timeout:g}")
+    token: str | None = None
     try:
-        with make_client(args) as client:
+        token = resolve_token(args)
+        with make_client(args, token) as client:
             COMMANDS[args.command](client, args)
     except ClientError as exc:
         status = f" (HTTP {exc.http_status})" if exc.http_status is not None and args.rest else ""
-        print(f"{PROG}: {exc.code}{status}: {exc.message}", file=sys.stderr)
+        hint = " (give --token or --token-file)" if exc.code == "UNAUTHENTICATED" and token is None else ""
+        print(f"{PROG}: {exc.code}{status}: {exc.message}{hint}", file=sys.stderr)
         return 1
     except (UsageError, ImageLoadError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

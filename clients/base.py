@@ -150,7 +150,12 @@ def status_from_proto(response: apis_pb2.GetModelStatusResponse) -> list[ModelSt
 
 
 class Client(abc.ABC):
-    """The calls both transports offer, method for method."""
+    """The calls both transports offer, method for method.
+
+    Every call has a deadline: `timeout` seconds (default: the client's), covering all its attempts.
+    Calls that fail with UNAVAILABLE / RESOURCE_EXHAUSTED (HTTP 503 / 429) are retried within it,
+    after the wait the server asks for or a jittered backoff (`clients.retries`).
+    """
 
     @abc.abstractmethod
     def predict(
@@ -162,6 +167,7 @@ class Client(abc.ABC):
         version: int | None = None,
         label: str | None = None,
         output_filter: Sequence[str] | None = None,
+        timeout: float | None = None,
     ) -> dict[str, np.ndarray]:
         """Run a predict signature; returns output name -> array (batch dimension first)."""
 
@@ -174,16 +180,31 @@ class Client(abc.ABC):
         signature: str | None = None,
         version: int | None = None,
         label: str | None = None,
+        timeout: float | None = None,
     ) -> Classes:
         """Classify examples; per example, (label, score) for every class in label order."""
 
     @abc.abstractmethod
-    def metadata(self, model: str, version: int | None = None, label: str | None = None) -> dict[str, Any]:
+    def metadata(
+        self,
+        model: str,
+        version: int | None = None,
+        label: str | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
         """{"name", "version", "signatures": {name: {"method", "inputs", "outputs"}}}; tensors as
         {"dtype": "float32" | "string" | ..., "shape": [-1, 28, 28, 1]} (-1 where unknown)."""
 
     @abc.abstractmethod
-    def status(self, model: str, version: int | None = None, label: str | None = None) -> list[ModelStatus]:
+    def status(
+        self,
+        model: str,
+        version: int | None = None,
+        label: str | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> list[ModelStatus]:
         """The versions of a model the server knows, with their state and load error."""
 
     @abc.abstractmethod

@@ -9,6 +9,8 @@ UNAVAILABLE 503, ...) and Google's canonical HTTP mapping for the codes the serv
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 # gRPC code name -> HTTP status, as the REST API of this server (and TF Serving) answers.
@@ -71,14 +73,16 @@ class ClientError(Exception):
 
     `code` is a gRPC status code name. `http_status` is the HTTP status the server answered with
     (REST), or the status the same error has on the REST API (gRPC); None when no HTTP response was
-    involved, e.g. a REST connection that never opened.
+    involved, e.g. a REST connection that never opened. `attempts`: how many times the call was
+    sent before it failed for good (more than 1 after retries, see `clients.retries`).
     """
 
-    def __init__(self, code: str, http_status: int | None, message: str) -> None:
+    def __init__(self, code: str, http_status: int | None, message: str, *, attempts: int = 1) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.http_status = http_status
         self.message = message
+        self.attempts = attempts
 
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError) -> ClientError:
@@ -92,6 +96,12 @@ class ClientError(Exception):
     def from_http(cls, status: int, message: str) -> ClientError:
         return cls(code_for_http_status(status), status, message)
 
-    def __reduce__(self) -> tuple[type[ClientError], tuple[str, int | None, str]]:
+    def __reduce__(self) -> tuple[Any, ...]:
         # Exceptions with extra __init__ arguments need this to pickle (e.g. across processes).
-        return (type(self), (self.code, self.http_status, self.message))
+        return (_rebuild, (type(self), self.code, self.http_status, self.message, self.attempts))
+
+
+def _rebuild(
+    cls: type[ClientError], code: str, http_status: int | None, message: str, attempts: int
+) -> ClientError:
+    return cls(code, http_status, message, attempts=attempts)

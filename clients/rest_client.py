@@ -7,12 +7,17 @@ Requests use the columnar `{"inputs": ...}` format; byte strings travel as `{"b6
 has no dtypes and a single output comes back unnamed, so the client reads each model's signatures
 once (GET .../metadata, cached per model/version/label) and returns exactly what the gRPC client
 returns: float32 stays float32, strings are object arrays of `bytes`.
+
+HTTP 429 and 503, and connections refused or reset, are retried (`retries=`, default 2) after the
+server's `Retry-After` or a jittered backoff, all within the call's deadline (`timeout=`); with
+`token=` every request carries `Authorization: Bearer <token>`.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -21,6 +26,7 @@ import numpy as np
 import requests
 from google.protobuf import json_format
 
+from clients.auth import HTTP_HEADER, authorization_value
 from clients.base import (
     DEFAULT_TIMEOUT_S,
     Classes,
@@ -34,11 +40,25 @@ from clients.base import (
     status_from_proto,
 )
 from clients.errors import ClientError
+from clients.retries import (
+    DEFAULT_BACKOFF_S,
+    DEFAULT_MAX_BACKOFF_S,
+    DEFAULT_RETRIES,
+    RETRY_AFTER_HEADER,
+    RetryableError,
+    RetryPolicy,
+    check_timeout,
+    deadline_after,
+    parse_retry_after,
+    run_with_retries,
+)
 from serving import codec
 from serving.errors import InvalidArgument
 from serving.proto import apis_pb2
 
 DEFAULT_SIGNATURE = "serving_default"
+# Worth another attempt: too many requests now (429), or the model is not ready yet (503).
+RETRYABLE_STATUSES = frozenset({429, 503})
 
 
 def _json_value(name: str, value: Any) -> Any:
@@ -49,6 +69,27 @@ def _json_value(name: str, value: Any) -> Any:
         return codec.numpy_to_json(array, binary=True)
     except InvalidArgument as exc:
         raise ClientError("INVALID_ARGUMENT", None, f"input '{name}': {exc.message}") from exc
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Whether a failed connection was refused, reset or aborted (somewhere down its causes).
+
+    requests wraps urllib3's errors, which wrap the socket's; a TLS failure or a name that does not
+    resolve would fail the same way again, so only the socket's own ConnectionError counts.
+    """
+    if isinstance(exc, requests.exceptions.SSLError):
+        return False
+    seen: set[int] = set()
+    pending: list[object] = [exc]
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ConnectionError):  # the builtin: refused, reset, aborted, broken pipe
+            return True
+        pending += [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+    return False
 
 
 def _parse(message: Any, body: Any, what: str) -> Any:
@@ -67,16 +108,27 @@ class RestClient(Client):
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
         root_certificates: str | os.PathLike[str] | None = None,
+        token: str | None = None,
+        retries: int = DEFAULT_RETRIES,
+        backoff_seconds: float = DEFAULT_BACKOFF_S,
+        max_backoff_seconds: float = DEFAULT_MAX_BACKOFF_S,
     ) -> None:
-        """`root_certificates`: path of a CA bundle for an https:// URL (default: the system's)."""
+        """`root_certificates`: path of a CA bundle for an https:// URL (default: the system's).
+
+        `timeout`, `token`, `retries`, `backoff_seconds`, `max_backoff_seconds`: as for `GrpcClient`.
+        """
         self.base_url = base_url.rstrip("/")
         if not self.base_url.startswith(("http://", "https://")):
             raise ClientError(
                 "INVALID_ARGUMENT", None, f"base URL must start with http:// or https://, got {base_url!r}"
             )
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout)
+        self.retry_policy = RetryPolicy(retries, backoff_seconds, max_backoff_seconds)
+        authorization = authorization_value(token) if token is not None else None
         self._session = requests.Session()
         self._session.verify = os.fspath(root_certificates) if root_certificates is not None else True
+        if authorization is not None:
+            self._session.headers[HTTP_HEADER] = authorization
         self._signatures: dict[tuple[str, int | None, str | None], dict[str, dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
@@ -91,15 +143,32 @@ class RestClient(Client):
             url += f"/labels/{quote(label, safe='')}"
         return url + suffix
 
-    def _request(self, method: str, url: str, body: Any = None) -> Any:
+    def _deadline(self, timeout: float | None) -> float:
+        return deadline_after(self.timeout if timeout is None else timeout)
+
+    def _request(self, method: str, url: str, body: Any = None, *, deadline: float) -> Any:
+        """One request with retries until `deadline` (time.monotonic); the answer's JSON object."""
+        started = time.monotonic()
+
+        def attempt(seconds_left: float) -> Any:
+            return self._attempt(method, url, body, seconds_left, deadline - started)
+
+        return run_with_retries(attempt, self.retry_policy, deadline)
+
+    def _attempt(self, method: str, url: str, body: Any, seconds_left: float, timeout: float) -> Any:
         try:
-            response = self._session.request(method, url, json=body, timeout=self.timeout)
+            # requests' timeout bounds connecting and each read, not the whole exchange.
+            response = self._session.request(method, url, json=body, timeout=seconds_left)
         except requests.Timeout as exc:
             raise ClientError(
-                "DEADLINE_EXCEEDED", None, f"no answer from {url} within {self.timeout:g} s"
+                "DEADLINE_EXCEEDED", None, f"no answer from {url} within {timeout:g} s"
             ) from exc
         except requests.ConnectionError as exc:
-            raise ClientError("UNAVAILABLE", None, f"cannot connect to {self.base_url}: {exc}") from exc
+            error = ClientError("UNAVAILABLE", None, f"cannot connect to {self.base_url}: {exc}")
+            if _is_transient(exc):
+                error.__cause__ = exc
+                raise RetryableError(error) from exc
+            raise error from exc
         except requests.RequestException as exc:
             raise ClientError("UNKNOWN", None, f"{method} {url} failed: {exc}") from exc
         try:
@@ -111,7 +180,10 @@ class RestClient(Client):
                 message = payload["error"]
             else:
                 message = response.text.strip()[:500] or response.reason or "no message"
-            raise ClientError.from_http(response.status_code, message)
+            error = ClientError.from_http(response.status_code, message)
+            if response.status_code in RETRYABLE_STATUSES:
+                raise RetryableError(error, parse_retry_after(response.headers.get(RETRY_AFTER_HEADER)))
+            raise error
         if not isinstance(payload, dict):
             raise ClientError(
                 "INTERNAL", response.status_code, f"{method} {url}: the answer is not a JSON object"
@@ -129,16 +201,20 @@ class RestClient(Client):
         version: int | None = None,
         label: str | None = None,
         output_filter: Sequence[str] | None = None,
+        timeout: float | None = None,
     ) -> dict[str, np.ndarray]:
+        deadline = self._deadline(timeout)
         body: dict[str, Any] = {"inputs": {name: _json_value(name, value) for name, value in inputs.items()}}
         if signature:
             body["signature_name"] = signature
         if output_filter:
             body["output_filter"] = list(output_filter)
-        payload = self._request("POST", self._url(model, version, label, ":predict"), body)
+        payload = self._request("POST", self._url(model, version, label, ":predict"), body, deadline=deadline)
         if "outputs" not in payload:
             raise ClientError("INTERNAL", 200, 'predict answer has no "outputs"')
-        outputs_spec = self._signature(model, version, label, signature or DEFAULT_SIGNATURE)["outputs"]
+        outputs_spec = self._signature(model, version, label, signature or DEFAULT_SIGNATURE, deadline)[
+            "outputs"
+        ]
         names = list(output_filter) if output_filter else sorted(outputs_spec)
         raw = payload["outputs"]
         values = {names[0]: raw} if len(names) == 1 else raw
@@ -161,7 +237,9 @@ class RestClient(Client):
         signature: str | None = None,
         version: int | None = None,
         label: str | None = None,
+        timeout: float | None = None,
     ) -> Classes:
+        deadline = self._deadline(timeout)
         body: dict[str, Any] = {
             "examples": [
                 {
@@ -173,7 +251,9 @@ class RestClient(Client):
         }
         if signature:
             body["signature_name"] = signature
-        payload = self._request("POST", self._url(model, version, label, ":classify"), body)
+        payload = self._request(
+            "POST", self._url(model, version, label, ":classify"), body, deadline=deadline
+        )
         try:
             return [[(str(entry[0]), float(entry[1])) for entry in row] for row in payload["results"]]
         except (KeyError, IndexError, TypeError, ValueError) as exc:
@@ -181,8 +261,20 @@ class RestClient(Client):
                 "INTERNAL", 200, f'classify answer is not {{"results": [[[label, score], ...]]}}: {exc}'
             ) from exc
 
-    def metadata(self, model: str, version: int | None = None, label: str | None = None) -> dict[str, Any]:
-        payload = self._request("GET", self._url(model, version, label, "/metadata"))
+    def metadata(
+        self,
+        model: str,
+        version: int | None = None,
+        label: str | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        return self._metadata(model, version, label, self._deadline(timeout))
+
+    def _metadata(
+        self, model: str, version: int | None, label: str | None, deadline: float
+    ) -> dict[str, Any]:
+        payload = self._request("GET", self._url(model, version, label, "/metadata"), deadline=deadline)
         spec = _parse(apis_pb2.ModelSpec(), payload.get("model_spec", {}), "metadata")
         signature_defs = dict(payload.get("metadata", {}).get("signature_def", {}))
         signature_defs.pop("@type", None)  # this server packs an Any; stock TF Serving writes the map bare
@@ -192,18 +284,25 @@ class RestClient(Client):
             self._signatures[(model, version, label)] = signatures
         return {"name": spec.name, "version": int(spec.version.value), "signatures": signatures}
 
-    def status(self, model: str, version: int | None = None, label: str | None = None) -> list[ModelStatus]:
-        payload = self._request("GET", self._url(model, version, label))
+    def status(
+        self,
+        model: str,
+        version: int | None = None,
+        label: str | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> list[ModelStatus]:
+        payload = self._request("GET", self._url(model, version, label), deadline=self._deadline(timeout))
         return status_from_proto(_parse(apis_pb2.GetModelStatusResponse(), payload, "status"))
 
     def _signature(
-        self, model: str, version: int | None, label: str | None, signature: str
+        self, model: str, version: int | None, label: str | None, signature: str, deadline: float
     ) -> dict[str, Any]:
         key = (model, version, label)
         with self._lock:
             signatures = self._signatures.get(key)
         if signatures is None or signature not in signatures:
-            signatures = self.metadata(model, version, label)["signatures"]
+            signatures = self._metadata(model, version, label, deadline)["signatures"]
         if signature not in signatures:
             raise ClientError("NOT_FOUND", 404, f"model '{model}' has no signature '{signature}'")
         return signatures[signature]

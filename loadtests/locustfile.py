@@ -9,6 +9,9 @@ metadata) and builds one weighted call per signature from real samples (`loadtes
 explain signatures weigh 1, the others 3. Requests are named `<model>:<signature>`; gRPC requests
 have type `grpc`, REST ones `POST`. `--host` is the REST URL; the gRPC target defaults to the same
 host on port 8500 (`--grpc-target` to change it, e.g. `dns:///model-server-headless:8500`).
+Against a server with `--auth_token_file`, give the bearer token with `--token` / `$LOADTEST_TOKEN`
+or `--token-file` / `$LOADTEST_TOKEN_FILE`; both users send it on every request. Load users never
+retry: a refused request counts as a failure, not as a slower success.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ try:  # `locust -f .../loadtests/locustfile.py` puts loadtests/ on sys.path, not
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from clients.auth import HTTP_HEADER, authorization_value, check_token, read_token_file  # noqa: E402
 from clients.base import Client  # noqa: E402
 from clients.errors import ClientError  # noqa: E402
 from clients.grpc_client import GrpcClient  # noqa: E402
@@ -70,6 +74,18 @@ def add_options(parser: Any) -> None:
         default="",
         env_var="LOCUST_DATA_DIR",
         help="samples folder in the layout of ../shared/data (default: $DATA_DIR or ../shared/data)",
+    )
+    group.add_argument(
+        "--token",
+        default="",
+        env_var="LOADTEST_TOKEN",
+        help="bearer token for a server started with --auth_token_file",
+    )
+    group.add_argument(
+        "--token-file",
+        default="",
+        env_var="LOADTEST_TOKEN_FILE",
+        help="file holding the bearer token (instead of --token)",
     )
     group.add_argument("--sample-limit", type=int, default=2000, help="samples read per kind")
     group.add_argument(
@@ -107,6 +123,7 @@ class Workload:
     calls: ClassVar[list[Call]] = []
     weights: ClassVar[list[int]] = []
     grpc_target: ClassVar[str] = ""
+    token: ClassVar[str | None] = None
     requests: ClassVar[int] = 0
     environment: ClassVar[Environment | None] = None
 
@@ -122,6 +139,17 @@ def grpc_target_of(options: Any, host: str | None) -> str:
     return f"{hostname or '127.0.0.1'}:{GRPC_PORT}"
 
 
+def token_of(options: Any) -> str | None:
+    """The bearer token from --token or --token-file (None: send none); ClientError when unusable."""
+    token = str(getattr(options, "token", "") or "").strip()
+    token_file = str(getattr(options, "token_file", "") or "")
+    if token and token_file:
+        raise ClientError("INVALID_ARGUMENT", None, "give --token or --token-file, not both")
+    if token_file:
+        return read_token_file(token_file)
+    return check_token(token) if token else None
+
+
 @events.test_start.add_listener
 def build_workload(environment: Environment, **_: Any) -> None:
     if isinstance(environment.runner, MasterRunner):
@@ -130,6 +158,13 @@ def build_workload(environment: Environment, **_: Any) -> None:
     Workload.environment = environment
     Workload.grpc_target = grpc_target_of(options, environment.host)
     Workload.requests = 0
+    try:
+        Workload.token = token_of(options)
+    except ClientError as exc:
+        log.error("%s; stopping", exc.message)
+        assert environment.runner is not None
+        gevent.spawn_later(0, environment.runner.quit)
+        return
     data_dir = Path(options.data_dir) if options is not None and options.data_dir else default_data_dir()
     samples = load_samples(data_dir, options.sample_limit if options is not None else 2000)
     models = [
@@ -138,9 +173,9 @@ def build_workload(environment: Environment, **_: Any) -> None:
         if m.strip()
     ]
     client: Client = (
-        RestClient(environment.host, timeout=10)
+        RestClient(environment.host, timeout=10, token=Workload.token)
         if environment.host
-        else GrpcClient(Workload.grpc_target, timeout=10)
+        else GrpcClient(Workload.grpc_target, timeout=10, token=Workload.token)
     )
     try:
         with client:
@@ -199,7 +234,10 @@ class GrpcUser(User):
         return _think(self, self.rng)
 
     def on_start(self) -> None:
-        self.client = GrpcClient(Workload.grpc_target, timeout=REQUEST_TIMEOUT_S)
+        # retries=0: a load test counts each refusal (429/503) instead of hiding it behind a retry.
+        self.client = GrpcClient(
+            Workload.grpc_target, timeout=REQUEST_TIMEOUT_S, token=Workload.token, retries=0
+        )
 
     def on_stop(self) -> None:
         if self.client is not None:
@@ -253,8 +291,13 @@ class RestUser(FastHttpUser):
                 for name, value in call.make_inputs(self.rng).items()
             },
         }
+        headers = {HTTP_HEADER: authorization_value(Workload.token)} if Workload.token else None
         with self.client.post(
-            f"/v1/models/{call.model}:predict", json=body, name=call.name, catch_response=True
+            f"/v1/models/{call.model}:predict",
+            json=body,
+            headers=headers,
+            name=call.name,
+            catch_response=True,
         ) as response:
             if response.status_code == 200:
                 response.success()

@@ -10,9 +10,14 @@ import pytest
 from clients.errors import ClientError, code_for_http_status, http_status_for_code
 from serving import errors as server_errors
 
-# MethodNotAllowed is REST-only (a wrong HTTP method has no gRPC twin): its 405 does not come
-# from its code; the client reads 405 back as UNIMPLEMENTED (tested below).
-REST_ONLY = (server_errors.MethodNotAllowed,)
+# REST-only errors (a wrong HTTP method, a slow or oversized body) have no gRPC twin: their HTTP
+# status does not come from their code; the client reads 405 back as UNIMPLEMENTED, 408 as
+# DEADLINE_EXCEEDED, 413 as RESOURCE_EXHAUSTED (tested below).
+REST_ONLY = tuple(
+    getattr(server_errors, name)
+    for name in ("MethodNotAllowed", "RequestTimeout", "PayloadTooLarge")
+    if hasattr(server_errors, name)
+)
 SERVER_ERRORS = [
     cls
     for cls in vars(server_errors).values()
