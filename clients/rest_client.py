@@ -126,7 +126,10 @@ class RestClient(Client):
         self.retry_policy = RetryPolicy(retries, backoff_seconds, max_backoff_seconds)
         authorization = authorization_value(token) if token is not None else None
         self._session = requests.Session()
-        self._session.verify = os.fspath(root_certificates) if root_certificates is not None else True
+        # Passed with every request, not only set on the session: requests lets REQUESTS_CA_BUNDLE
+        # (set on many machines) override a session's `verify` (psf/requests#3829).
+        self._verify: str | bool = os.fspath(root_certificates) if root_certificates is not None else True
+        self._session.verify = self._verify
         if authorization is not None:
             self._session.headers[HTTP_HEADER] = authorization
         self._signatures: dict[tuple[str, int | None, str | None], dict[str, dict[str, Any]]] = {}
@@ -158,7 +161,7 @@ class RestClient(Client):
     def _attempt(self, method: str, url: str, body: Any, seconds_left: float, timeout: float) -> Any:
         try:
             # requests' timeout bounds connecting and each read, not the whole exchange.
-            response = self._session.request(method, url, json=body, timeout=seconds_left)
+            response = self._session.request(method, url, json=body, timeout=seconds_left, verify=self._verify)
         except requests.Timeout as exc:
             raise ClientError(
                 "DEADLINE_EXCEEDED", None, f"no answer from {url} within {timeout:g} s"

@@ -72,6 +72,14 @@ class RequestTimeout(ServingError):
     http_status = 408
 
 
+class ClientClosedRequest(ServingError):
+    """REST only: the client closed the connection before its body arrived (nginx's 499); there
+    is nobody left to answer, and nothing to log."""
+
+    grpc_code = grpc.StatusCode.CANCELLED
+    http_status = 499
+
+
 class PayloadTooLarge(ServingError):
     """REST only: the body is larger than `--rest_max_body_bytes`."""
 

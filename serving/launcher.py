@@ -117,13 +117,19 @@ def launch(
     return server
 
 
-def wait_for_health(target: str, deadline: float, want: int = health_pb2.HealthCheckResponse.SERVING) -> None:
-    """Poll grpc.health.v1 (service "") until it reports `want`, or raise LaunchError at `deadline`."""
+def wait_for_health(
+    target: str,
+    deadline: float,
+    want: int = health_pb2.HealthCheckResponse.SERVING,
+    metadata: tuple[tuple[str, str], ...] | None = None,
+) -> None:
+    """Poll grpc.health.v1 (service "") until it reports `want`, or raise LaunchError at `deadline`.
+    `metadata`: e.g. the bearer token of a server whose health checks are not exempt."""
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status == want:
+                if stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2, metadata=metadata).status == want:
                     return
             except grpc.RpcError:
                 pass

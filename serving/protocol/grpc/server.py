@@ -25,7 +25,7 @@ from serving import codec
 from serving.admission import Admission
 from serving.auth import TokenFile
 from serving.config import ServerConfig
-from serving.errors import InvalidArgument, ServingError, Unauthenticated, Unimplemented
+from serving.errors import DeadlineExceeded, InvalidArgument, ServingError, Unauthenticated, Unimplemented
 from serving.metrics import Metrics
 from serving.proto import apis_pb2, apis_pb2_grpc, example_pb2
 from serving.protocol import Services, messages
@@ -102,7 +102,16 @@ def rpc(
                     ) from None
                 spec = getattr(request, "model_spec", None)  # ReloadConfigRequest has none
                 model = spec.name if spec is not None else ""
-                return await method(self, request, context)  # type: ignore[arg-type]
+                remaining = context.time_remaining()
+                if remaining is None:
+                    return await method(self, request, context)
+                # gRPC does not cancel a handler when its deadline passes: do it here, so a call
+                # nobody waits for any more leaves the batch queue before the engine runs it.
+                try:
+                    async with asyncio.timeout(remaining):
+                        return await method(self, request, context)
+                except TimeoutError:
+                    raise DeadlineExceeded("the call's deadline passed before it was answered") from None  # type: ignore[arg-type]
             except ServingError as exc:
                 status = exc.grpc_code.name
                 if exc.grpc_code in _RETRYABLE:

@@ -42,6 +42,7 @@ from serving import codec
 from serving.backends import Signature
 from serving.config import DEFAULT_MAX_MESSAGE_BYTES, Limits, MonitoringConfig
 from serving.errors import (
+    ClientClosedRequest,
     DeadlineExceeded,
     InvalidArgument,
     MethodNotAllowed,
@@ -232,6 +233,8 @@ class RestApi:
                 f"the request body did not arrive within {limits.rest_body_timeout_seconds:g} s "
                 f"(--rest_body_timeout_seconds)"
             ) from None
+        except ConnectionResetError:
+            raise ClientClosedRequest("the client closed the connection before its body arrived") from None
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLarge(
                 f"Request Entity Too Large: the body is over the {self.max_body_bytes}-byte limit "
