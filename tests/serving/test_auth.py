@@ -229,9 +229,11 @@ def test_rest_over_tls_from_the_same_ssl_config(tmp_path: Path, mutual: bool) ->
             urllib.request.urlopen(f"http://127.0.0.1:{process.rest_port}/v1/models/tiny", timeout=10)
         if mutual:  # no client certificate: the handshake fails
             bare = ssl.create_default_context(cafile=str(ca))
-            with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
-                with urllib.request.urlopen(url, context=bare, timeout=10) as response:
-                    response.read()
+            with (
+                pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)),
+                urllib.request.urlopen(url, context=bare, timeout=10) as response,
+            ):
+                response.read()
         else:
             with RestClient(f"https://localhost:{process.rest_port}", root_certificates=ca) as rest:
                 assert rest.predict("tiny", {"image": np.zeros((1, 28, 28, 1), np.float32)})["probabilities"].shape == (1, 10)

@@ -111,7 +111,7 @@ def rpc(
                     async with asyncio.timeout(remaining):
                         return await method(self, request, context)
                 except TimeoutError:
-                    raise DeadlineExceeded("the call's deadline passed before it was answered") from None  # type: ignore[arg-type]
+                    raise DeadlineExceeded("the call's deadline passed before it was answered") from None
             except ServingError as exc:
                 status = exc.grpc_code.name
                 if exc.grpc_code in _RETRYABLE:
@@ -154,11 +154,11 @@ class HealthServicer(health.aio.HealthServicer):
             except Unauthenticated as exc:
                 await context.abort(exc.grpc_code, exc.message)
 
-    async def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckResponse:  # type: ignore[override]
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckResponse:
         await self._check_token(context)
         return await super().Check(request, context)
 
-    async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:  # type: ignore[override]
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:
         await self._check_token(context)
         await super().Watch(request, context)
 
