@@ -219,7 +219,7 @@ def _metric(server: ServerProcess, pattern: str) -> float:
 
 
 def test_calls_whose_deadline_passed_are_dropped_before_the_engine(tmp_path: Path) -> None:
-    # A batch waits up to 5 s for 16 rows: calls with a 0.3 s deadline expire in the queue, for sure.
+    # A batch waits up to 5 s for 16 rows: calls with a 1 s deadline expire in the queue, for sure.
     write_tiny_version(tmp_path / "tiny", 1)
     (tmp_path / "batching.config").write_text("max_batch_size { value: 16 } batch_timeout_micros { value: 5000000 }")
     process = start_server(
@@ -240,13 +240,16 @@ def test_calls_whose_deadline_passed_are_dropped_before_the_engine(tmp_path: Pat
             stub = apis_pb2_grpc.PredictionServiceStub(channel)
             for _ in range(3):
                 with pytest.raises(grpc.RpcError) as caught:
-                    stub.Predict(_request("tiny", 1), timeout=0.3)
+                    stub.Predict(_request("tiny", 1), timeout=1.0)
                 assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             # A full batch is cut at once; the expired calls ahead of it in the queue are skipped.
             stub.Predict(_request("tiny", 16), timeout=30)
         assert _metric(process, rows) == 16
         deadline_exceeded = r':tensorflow:serving:request_count(?:_total)?\{.*model_name="tiny".*status="DEADLINE_EXCEEDED"'
-        assert _metric(process, deadline_exceeded) == 3
+        # (A call gRPC itself timed out before its handler ran is not counted: on a loaded machine
+        # that can happen; none may count as anything but DEADLINE_EXCEEDED.)
+        assert 1 <= _metric(process, deadline_exceeded) <= 3
+        assert _metric(process, r':tensorflow:serving:request_count(?:_total)?\{.*status="CANCELLED"') == 0
         assert _metric(process, r':tensorflow:serving:request_count(?:_total)?\{.*status="INTERNAL"') == 0
     finally:
         assert process.stop() == 0

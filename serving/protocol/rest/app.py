@@ -17,18 +17,21 @@ so a burst of huge bodies cannot exhaust memory or monopolise the event loop) an
 (408, for clients that send slowly). Connection-level protection is in `guard.py`.
 
 JSON is read and written with orjson; a predict body's big numeric arrays are read straight into
-flat lists (`codec.loads`), and numeric outputs are written from the arrays themselves. Bodies are
-parsed on the event loop: orjson and numpy hold the GIL for the whole parse, so a worker thread
-would stall the loop just as long and add a thread hop to every request.
+flat lists (`codec.loads`), and numeric outputs are written from the arrays themselves. Bodies under
+1 MiB are parsed on the event loop (orjson holds the GIL for a whole call, so a thread would stall
+the loop as long and add a hop); bigger ones in one parse thread of their own (see `models`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -68,6 +71,7 @@ _PATH = re.compile(
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+BIG_BODY_BYTES = 1 << 20  # bodies from this size on are parsed one at a time (see `models`)
 _VERSION = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit() also takes "²" and full-width digits
 _MAX_VERSION = 2**63 - 1  # TF Serving's versions are int64
 
@@ -142,6 +146,7 @@ class RestApi:
         self._predict_tokens, self._status_tokens = tokens.get("predict"), tokens.get("status")
         self._metrics_tokens = tokens.get("metrics")
         self.inflight_bytes = 0  # request bodies being read or parsed now
+        self._parse_thread = ThreadPoolExecutor(1, thread_name_prefix="rest-parse")
 
     def app(self) -> web.Application:
         admission, metrics_path = self.admission, self.monitoring.path if self.monitoring.enable else None
@@ -173,6 +178,11 @@ class RestApi:
         app = web.Application(
             middlewares=[error_middleware, admission_middleware], client_max_size=self.max_body_bytes
         )
+
+        async def stop_parse_thread(app: web.Application) -> None:
+            self._parse_thread.shutdown(wait=False, cancel_futures=True)
+
+        app.on_cleanup.append(stop_parse_thread)
         app.router.add_route("*", "/v1/models/{tail:.*}", self.models)
         if self.monitoring.enable:
             app.router.add_get(self.monitoring.path, self.prometheus)
@@ -194,7 +204,16 @@ class RestApi:
             if rest == ":regress":
                 raise Unimplemented("regress is not supported: these models are classifiers")
             raw = await self._read_body(request)
-            body = _parse_json(raw, self.limits.rest_max_json_depth, dense_arrays=rest == ":predict")
+            depth, dense = self.limits.rest_max_json_depth, rest == ":predict"
+            if len(raw) >= BIG_BODY_BYTES:
+                # On the event loop a 30 MB body would hold it for about a second (~30 ms per MB), and
+                # health checks would time out behind a few of them. Big bodies are parsed in one
+                # thread of their own, one after the other: the loop then waits at most for one C
+                # call of the parse (orjson, a numpy operation) each time it needs the GIL.
+                loop = asyncio.get_running_loop()
+                body = await loop.run_in_executor(self._parse_thread, _parse_big_json, raw, depth, dense)
+            else:
+                body = _parse_json(raw, depth, dense)
             if rest == ":predict":
                 return await self.predict(name, version, label, body)
             return await self.classify(name, version, label, body)
@@ -331,6 +350,26 @@ def _parse_version(raw: str | None) -> int | None:
     if _VERSION.fullmatch(raw) is None or not 0 < int(raw) <= _MAX_VERSION:
         raise InvalidArgument(f"version must be a positive integer, got '{raw}'")
     return int(raw)
+
+
+def _parse_big_json(raw: bytes, max_depth: int, dense_arrays: bool) -> dict[str, Any]:
+    """`_parse_json` in the parse thread; then the thread's free heap goes back to the system, or
+    every big body would leave the process larger (glibc keeps a thread's arena otherwise)."""
+    try:
+        return _parse_json(raw, max_depth, dense_arrays)
+    finally:
+        if _malloc_trim is not None:
+            _malloc_trim(0)
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
 
 
 def _parse_json(raw: bytes, max_depth: int, dense_arrays: bool = False) -> dict[str, Any]:
