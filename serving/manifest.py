@@ -33,15 +33,24 @@ Schema (version 1), all keys required unless marked optional:
     }
 
 dtype names are numpy's (`float32`, `int64`, ...) plus `string` for DT_STRING tensors.
+
+`files` is the complete list of the version's files (every file under the folder but those named
+manifest.json, as `export.pipeline.sha256_tree` writes it). `read_manifest(verify_files=True)` holds the
+folder to it: every listed file exists, lies inside the folder and has its sha256, and no other
+file is there (an unlisted file is one nobody checked: a partial copy, an external-data file the
+engine would read unverified). The server runs this check before any engine opens a file. It
+guards against corrupt, truncated and half-copied versions, not against someone who can write to
+the model folder: they can rewrite the manifest too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -50,7 +59,12 @@ PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 
 
-class ManifestError(ValueError):
+class VersionFilesError(ValueError):
+    """A model version's files cannot be served: the manifest is missing or malformed, a file does
+    not match it, or the engine rejects a file. The message names the file and the cause."""
+
+
+class ManifestError(VersionFilesError):
     """The manifest is missing, malformed, or does not match the files beside it."""
 
 
@@ -146,7 +160,7 @@ class Manifest:
                 files=dict(raw.get("files") or {}),
                 created=str(raw.get("created", "")),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a field of the wrong JSON type
             if isinstance(exc, ManifestError):
                 raise
             raise ManifestError(f"malformed manifest: {exc!r}") from exc
@@ -166,24 +180,60 @@ def sha256_file(path: Path) -> str:
 
 
 def read_manifest(version_dir: Path, verify_files: bool = True) -> Manifest:
-    """Read `version_dir/manifest.json`; with `verify_files`, check every listed sha256."""
+    """Read `version_dir/manifest.json`; with `verify_files`, hold the folder to its `files` list
+    (every listed sha256 matches, nothing unlisted is there: see the module docstring)."""
     path = version_dir / MANIFEST_FILE
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_bytes())
     except FileNotFoundError as exc:
         raise ManifestError(f"{path} does not exist") from exc
-    except json.JSONDecodeError as exc:
+    except OSError as exc:
+        raise ManifestError(f"{path} cannot be read: {exc}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{path} is not a JSON object")
     manifest = Manifest.from_json(raw)
     if verify_files:
-        for rel, expected in manifest.files.items():
-            file = version_dir / rel
-            if not file.is_file():
-                raise ManifestError(f"{file} is listed in the manifest but missing")
-            actual = sha256_file(file)
-            if actual != expected:
-                raise ManifestError(f"{file}: sha256 {actual} does not match the manifest's {expected}")
+        verify_files_of(version_dir, manifest)
     return manifest
+
+
+def verify_files_of(version_dir: Path, manifest: Manifest) -> None:
+    """Raise ManifestError unless the files under `version_dir` are exactly `manifest.files`."""
+    for rel in manifest.files:
+        relative = PurePosixPath(rel)
+        if relative.is_absolute() or not relative.parts or ".." in relative.parts or "\\" in rel:
+            raise ManifestError(f"{version_dir / MANIFEST_FILE}: {rel!r} is not a path inside the folder")
+    present = set(files_under(version_dir))
+    unlisted = sorted(present - set(manifest.files))
+    if unlisted:
+        raise ManifestError(
+            f"{version_dir}: {', '.join(unlisted[:5])}{' ...' if len(unlisted) > 5 else ''} "
+            "not listed in the manifest (no sha256 to check it against)"
+        )
+    for rel, expected in sorted(manifest.files.items()):
+        file = version_dir / rel
+        if rel not in present:
+            raise ManifestError(f"{file} is listed in the manifest but missing")
+        try:
+            actual = sha256_file(file)
+        except OSError as exc:
+            raise ManifestError(f"{file} cannot be read: {exc}") from exc
+        if actual != expected:
+            raise ManifestError(f"{file}: sha256 {actual} does not match the manifest's {expected}")
+
+
+def files_under(version_dir: Path) -> list[str]:
+    """Relative posix paths of the files under `version_dir` that the manifest lists: every file
+    but those named manifest.json (the exporter's `sha256_tree` leaves those out at any depth)."""
+    found = []
+    for root, _dirs, names in os.walk(version_dir):
+        for name in names:
+            path = Path(root) / name
+            if name != MANIFEST_FILE and path.is_file():
+                found.append(path.relative_to(version_dir).as_posix())
+    return sorted(found)
 
 
 def write_manifest(version_dir: Path, manifest: Manifest) -> Path:

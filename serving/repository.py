@@ -4,6 +4,23 @@ Follows TF Serving's lifecycle: each version found under `base_path` and selecte
 policy goes START -> LOADING -> AVAILABLE (after a warm-up call per signature), and UNLOADING -> END
 when a newer version replaces it; a version that fails to load ends in END with its error. A poller
 picks up newly published versions (export writes a version folder atomically) without a restart.
+
+Broken versions. Before any engine opens a file, the folder is checked against its manifest
+(`check_version_files`: every file listed with its sha256, nothing unlisted; for the TensorFlow
+backend a SavedModel without a manifest is taken as it is). A version whose check or load fails
+ends in END with the cause as its error (GetModelStatus reports it), and it never replaces a
+working one:
+- the version policy picks among the loadable versions, so with `latest 1` a broken version 2 keeps
+  version 1 serving (and at start-up, version 1 is loaded instead): the newest *loadable* version
+  serves. Older versions are unloaded only once the versions that replace them are AVAILABLE.
+- the failure is logged once, with its cause. A failed version is not tried again on every poll:
+  it is retried when its files change (the name, size, mtime and inode of every file under its
+  folder, one `stat` each per poll, no reading), e.g. when a copy finishes or the version is
+  re-published; each version is tried at most once per poll.
+- a folder without its marker file (`manifest.json` for ONNX, `saved_model.pb` for TensorFlow) is
+  an export still being written: it is not loaded, and not reported, until the file appears (a
+  warning says so once).
+Models are independent: one model's broken versions or unreadable folder never stop another's.
 """
 
 from __future__ import annotations
@@ -26,9 +43,13 @@ from serving.batching import Batcher
 from serving.codec import STRING
 from serving.config import ModelConfig
 from serving.errors import NotFound, Unavailable
-from serving.manifest import MANIFEST_FILE
+from serving.manifest import MANIFEST_FILE, VersionFilesError, read_manifest
 
 log = logging.getLogger(__name__)
+
+
+# (relative path, size, mtime_ns, inode) of each file of a version folder: see `fingerprint`.
+Fingerprint = tuple[tuple[str, int, int, int], ...]
 
 
 class State(enum.IntEnum):
@@ -77,6 +98,8 @@ class ModelVersion:
     engine_costs: dict[str, EngineCost] = field(default_factory=dict)
     batchers: dict[str, Batcher] = field(default_factory=dict)
     in_flight: int = 0
+    # The folder's files when the load was tried: a failed version is retried once they change.
+    fingerprint: Fingerprint = ()
     _released: asyncio.Event | None = field(default=None, repr=False)
 
     def signatures(self) -> Mapping[str, Signature]:
@@ -120,18 +143,60 @@ class ModelVersion:
 class Model:
     config: ModelConfig
     versions: dict[int, ModelVersion] = field(default_factory=dict)
+    incomplete: set[int] = field(default_factory=set)  # version folders without their marker file
+    sync_error: str = ""  # the last error of a whole-model sync (logged once)
+
+
+def marker_file(platform: str) -> str:
+    """The file whose presence says a version folder is complete for the backend in use."""
+    return MANIFEST_FILE if platform == "onnx" else "saved_model.pb"
+
+
+def scan_versions(base_path: Path, platform: str) -> tuple[list[int], list[int]]:
+    """(complete, incomplete) integer-named version folders under `base_path`; OSError when it
+    cannot be listed (missing, not a folder, unreadable)."""
+    marker = marker_file(platform)
+    complete: list[int] = []
+    incomplete: list[int] = []
+    for child in base_path.iterdir():
+        if child.is_dir() and child.name.isdigit() and child.name.isascii() and int(child.name) > 0:
+            (complete if (child / marker).is_file() else incomplete).append(int(child.name))
+    return sorted(complete), sorted(incomplete)
 
 
 def discover_versions(base_path: Path, platform: str) -> list[int]:
-    """Integer-named subfolders that hold a complete export for the backend in use."""
-    if not base_path.is_dir():
+    """Integer-named subfolders that hold a complete export for the backend in use ([] when the
+    folder cannot be listed)."""
+    try:
+        return scan_versions(base_path, platform)[0]
+    except OSError:
         return []
-    marker = MANIFEST_FILE if platform == "onnx" else "saved_model.pb"
-    found = []
-    for child in base_path.iterdir():
-        if child.is_dir() and child.name.isdigit() and int(child.name) > 0 and (child / marker).is_file():
-            found.append(int(child.name))
-    return sorted(found)
+
+
+def fingerprint(version_dir: Path) -> Fingerprint:
+    """(path, size, mtime, inode) of every file under the folder: changes when any file is written,
+    replaced, added or removed. One `stat` per file; a file that vanishes meanwhile is left out."""
+    entries = []
+    for root, _dirs, names in os.walk(version_dir):
+        for name in names:
+            path = Path(root) / name
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            rel = path.relative_to(version_dir).as_posix()
+            entries.append((rel, stat.st_size, stat.st_mtime_ns, stat.st_ino))
+    return tuple(sorted(entries))
+
+
+def check_version_files(version_dir: Path, platform: str) -> None:
+    """Raise VersionFilesError unless the folder matches its manifest (see `serving.manifest`).
+
+    ONNX versions always have one (it is their marker); a TensorFlow SavedModel folder without a
+    manifest (stock TF Serving layout) has nothing to be checked against and is loaded as it is.
+    """
+    if platform == "onnx" or (version_dir / MANIFEST_FILE).exists():
+        read_manifest(version_dir, verify_files=True)
 
 
 def warm_up(backend: Backend, repeats: int = 3) -> dict[str, EngineCost]:
@@ -263,21 +328,56 @@ class Repository:
     async def sync(self) -> None:
         """Bring every model in line with its folder and version policy (load new, unload old)."""
         async with self._lock:
-            await asyncio.gather(*(self._sync_model(model) for model in self.models.values()))
+            await asyncio.gather(*(self._sync_model_logged(model) for model in self.models.values()))
+
+    async def _sync_model_logged(self, model: Model) -> None:
+        """One model's sync. If it fails (its base path is missing or unreadable...), the versions
+        it has loaded keep serving, as in TF Serving (a failed poll changes nothing), the other
+        models are not affected, and the error is logged once."""
+        config = model.config
+        try:
+            await self._sync_model(model)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            if error != model.sync_error:
+                log.error(
+                    "cannot list the versions of %s: %s (loaded versions keep serving; looking again at "
+                    "every poll)",
+                    config.name,
+                    error,
+                    exc_info=None if isinstance(exc, OSError) else exc,
+                )
+            model.sync_error = error
+        else:
+            if model.sync_error:
+                log.info("the versions of %s can be listed again in %s", config.name, config.base_path)
+            model.sync_error = ""
 
     async def _sync_model(self, model: Model) -> None:
         config = model.config
-        wanted = set(config.version_policy.select(discover_versions(config.base_path, self.platform)))
-        # Labels must point at served versions: keep labelled versions that exist on disk.
-        on_disk = set(discover_versions(config.base_path, self.platform))
-        wanted |= {v for v in config.version_labels.values() if v in on_disk}
-        loads = [
-            self._load(model, v)
-            for v in sorted(wanted)
-            if v not in model.versions
-            or (model.versions[v].state == State.END and not model.versions[v].error)
-        ]
-        await asyncio.gather(*loads)
+        on_disk, incomplete = scan_versions(config.base_path, self.platform)
+        self._note_incomplete(model, incomplete)
+        # The policy picks among the versions that can load: not those that failed with the files
+        # they still have (one whose files changed since is tried again), nor those failing now.
+        failed = {v for v in on_disk if self._failed_unchanged(model.versions.get(v))}
+        tried: set[int] = set()
+        while True:
+            loadable = [v for v in on_disk if v not in failed]
+            wanted = set(config.version_policy.select(loadable))
+            # Labels must point at served versions: keep labelled versions that exist on disk.
+            wanted |= {v for v in config.version_labels.values() if v in loadable}
+            loads = [
+                v
+                for v in sorted(wanted - tried)
+                if v not in model.versions or model.versions[v].state == State.END
+            ]
+            if not loads:
+                break
+            tried.update(loads)
+            await asyncio.gather(*(self._load(model, v) for v in loads))
+            # A version that failed leaves the choice: go round again, so that the policy picks
+            # the next loadable one (each version is tried at most once per sync).
+            failed |= {v for v in loads if model.versions[v].state != State.AVAILABLE}
         # Unload only after the new versions are AVAILABLE, so requests always find one.
         await asyncio.gather(
             *(
@@ -287,19 +387,47 @@ class Repository:
             )
         )
 
+    def _failed_unchanged(self, entry: ModelVersion | None) -> bool:
+        """Whether `entry` failed to load and its folder still holds the files it failed with."""
+        if entry is None or entry.state != State.END or not entry.error:
+            return False
+        return fingerprint(entry.path) == entry.fingerprint
+
+    def _note_incomplete(self, model: Model, incomplete: list[int]) -> None:
+        for version in sorted(set(incomplete) - model.incomplete):
+            log.warning(
+                "%s: folder %s has no %s (an export still being written?): not loaded until it has",
+                model.config.name,
+                model.config.base_path / str(version),
+                marker_file(self.platform),
+            )
+        model.incomplete = set(incomplete)
+
     async def _load(self, model: Model, version: int) -> None:
         path = model.config.base_path / str(version)
-        entry = ModelVersion(model.config.name, version, path, State.LOADING)
+        previous = model.versions.get(version)
+        entry = ModelVersion(model.config.name, version, path, State.LOADING, fingerprint=fingerprint(path))
         model.versions[version] = entry
         self.on_change(entry)
-        log.info("loading %s version %d from %s", entry.name, version, path)
+        if previous is not None and previous.error:
+            log.info("loading %s version %d from %s again: its files changed", entry.name, version, path)
+        else:
+            log.info("loading %s version %d from %s", entry.name, version, path)
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
             backend, costs = await loop.run_in_executor(self.executor, self._load_and_warm, path)
         except Exception as exc:  # any failure to load is reported as the version's status
-            log.exception("failed to load %s version %d", entry.name, version)
             entry.state, entry.error = State.END, f"{type(exc).__name__}: {exc}"
+            # Files at fault (the message says which and why): one line. Anything else may be a bug
+            # here: with its traceback. Either way once, until the files change.
+            log.error(
+                "failed to load %s version %d: %s (not retried until its files change)",
+                entry.name,
+                version,
+                entry.error,
+                exc_info=None if isinstance(exc, VersionFilesError) else exc,
+            )
         else:
             entry.backend, entry.engine_costs, entry.loaded_at = backend, costs, time.time()
             entry.state = State.AVAILABLE
@@ -315,6 +443,9 @@ class Repository:
 
     def _load_and_warm(self, path: Path) -> tuple[Backend, dict[str, EngineCost]]:
         """Load and warm up a version (in a worker thread); picks engine threads when on auto."""
+        started = time.perf_counter()
+        check_version_files(path, self.platform)
+        log.debug("%s: files checked against the manifest in %.3fs", path, time.perf_counter() - started)
         auto_threads = self.options.intra_op_threads == 0
         options = replace(self.options, intra_op_threads=1) if auto_threads else self.options
         backend = self.loader(self.platform, path, options)

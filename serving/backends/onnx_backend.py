@@ -6,19 +6,33 @@ signature bound to it. A signature may also be an explainer around a graph: `tok
 occlusion of it, and returns `probabilities`, `tokens` and `importance` (see `serving.text`).
 Sessions are thread-safe (ONNX Runtime allows concurrent `run` calls) and
 releases the GIL, so the data plane calls it from worker threads.
+
+What it reads from the version folder: `manifest.json` (JSON), the ONNX files the manifest binds
+(parsed by ONNX Runtime: a graph of operators, no code; no custom-op libraries are registered) and
+a text preprocessor's vocabulary (plain text). Each of those files must be listed in the manifest's
+`files`, which the repository has checked against the folder (sha256, nothing unlisted) before this
+backend is built (`serving.repository.check_version_files`); a file ONNX Runtime rejects fails the
+load with a `VersionFilesError` naming it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
 from serving.backends.base import BackendOptions, Signature, TensorMeta
 from serving.codec import dtype_from_name
-from serving.manifest import Manifest, ManifestError, SignatureManifest, TensorSpec, read_manifest
+from serving.manifest import (
+    Manifest,
+    ManifestError,
+    SignatureManifest,
+    TensorSpec,
+    VersionFilesError,
+    read_manifest,
+)
 from serving.preprocess import Preprocessor, build_preprocessor
 
 Explainer = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
@@ -35,7 +49,8 @@ class OnnxBackend:
         import onnxruntime as ort
 
         self.version_dir = version_dir
-        self.manifest: Manifest = read_manifest(version_dir)
+        # Verified by the repository before the engine is built (one sha256 pass per load).
+        self.manifest: Manifest = read_manifest(version_dir, verify_files=False)
         self.labels = self.manifest.labels
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -54,10 +69,16 @@ class OnnxBackend:
         self._explainers: dict[str, Explainer] = {}
         for name, sig in self.manifest.signatures.items():
             if sig.onnx.file not in self._sessions:
-                path = version_dir / sig.onnx.file
-                self._sessions[sig.onnx.file] = ort.InferenceSession(
-                    str(path), sess_options=session_options, providers=providers
-                )
+                path = version_dir / self._listed(name, sig.onnx.file)
+                try:
+                    session = ort.InferenceSession(
+                        str(path), sess_options=session_options, providers=providers
+                    )
+                except Exception as exc:  # onnxruntime's own classes (InvalidProtobuf, Fail, ...)
+                    raise VersionFilesError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
+                self._sessions[sig.onnx.file] = session
+            if sig.preprocess is not None and "vocabulary" in sig.preprocess.params:
+                self._listed(name, str(sig.preprocess.params["vocabulary"]))
             alternatives: dict[str, str] = {}
             if sig.explainer is not None:
                 self._explainers[name] = self._build_explainer(name, sig)
@@ -75,6 +96,15 @@ class OnnxBackend:
                 outputs={k: _meta(v) for k, v in sig.outputs.items()},
                 alternatives=alternatives,
             )
+
+    def _listed(self, signature: str, file: str) -> str:
+        """`file` if the manifest lists it (so it lies inside the folder and its sha256 was checked)."""
+        if PurePosixPath(file).as_posix() not in self.manifest.files:
+            raise ManifestError(
+                f"{self.version_dir}: signature '{signature}' reads {file!r}, which the manifest's "
+                "files do not list (no sha256 to check it against)"
+            )
+        return file
 
     def _build_explainer(self, name: str, sig: SignatureManifest) -> Explainer:
         kind = sig.explainer.get("kind") if sig.explainer else None

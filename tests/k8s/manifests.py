@@ -27,14 +27,22 @@ TARGETS: dict[str, str] = {
     "cpu": "overlays/cpu",
     "gpu": "overlays/gpu",
     "tfserving": "overlays/tfserving",
+    "secure": "overlays/secure",
     "jobs": "jobs",
     "export": "jobs/export",
     "loadtest": "loadtest",
 }
 # Optional components, rendered on top of the CPU overlay.
 COMPONENTS = ("components/servicemonitor", "components/models-from-bucket")
-SERVING_TARGETS = ("cpu", "gpu", "tfserving")
-OUR_SERVER_TARGETS = ("cpu", "gpu")
+# Renders of an overlay plus components that no kustomization in k8s/ names: name -> (overlay, components).
+STACKS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "components": ("cpu", COMPONENTS),
+    "gpu-secure": ("gpu", ("components/secure",)),
+}
+SERVING_TARGETS = ("cpu", "gpu", "tfserving", "secure", "gpu-secure")
+OUR_SERVER_TARGETS = ("cpu", "gpu", "secure", "gpu-secure")
+NATIVE_PROBE_TARGETS = ("cpu", "gpu")  # our server, plaintext: the kubelet's own gRPC probes
+SECURE_TARGETS = ("secure", "gpu-secure")  # our server with TLS and tokens (components/secure)
 
 Obj = dict[str, Any]
 
@@ -68,17 +76,19 @@ def kustomize(directory: Path) -> list[Obj]:
 
 @functools.cache
 def render(target: str) -> tuple[Obj, ...]:
-    """The objects of one of TARGETS, or 'components' (cpu overlay plus every optional component)."""
-    if target == "components":
+    """The objects of one of TARGETS or STACKS ('components': the cpu overlay plus every optional
+    component; 'gpu-secure': the gpu overlay plus components/secure)."""
+    if target in STACKS:
+        overlay, components = STACKS[target]
         with tempfile.TemporaryDirectory() as tmp:
             # kustomize refuses absolute paths to other kustomizations; relative ones may leave the root.
             relative = Path(os.path.relpath(K8S, tmp))
             lines = [
                 "apiVersion: kustomize.config.k8s.io/v1beta1",
                 "kind: Kustomization",
-                f"resources: [{relative / TARGETS['cpu']}]",
+                f"resources: [{relative / TARGETS[overlay]}]",
                 "components:",
-                *[f"  - {relative / component}" for component in COMPONENTS],
+                *[f"  - {relative / component}" for component in components],
             ]
             (Path(tmp) / "kustomization.yaml").write_text("\n".join(lines) + "\n")
             return tuple(kustomize(Path(tmp)))
@@ -115,6 +125,24 @@ def container(pod_spec: Obj, name: str) -> Obj:
 def selector_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
     """A non-empty equality selector matches when every pair is among the labels."""
     return bool(selector) and all(labels.get(key) == value for key, value in selector.items())
+
+
+def label_selector_matches(selector: Obj, labels: dict[str, str]) -> bool:
+    """A LabelSelector (`matchLabels` and `matchExpressions`, ANDed) against labels, as the API
+    server evaluates it; the empty selector matches everything."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        matched = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[operator]
+        if not matched:
+            return False
+    return True
 
 
 def server_deployment(objects: tuple[Obj, ...]) -> Obj:

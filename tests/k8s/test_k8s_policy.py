@@ -23,14 +23,18 @@ from serving.config import (
     parse_monitoring_text,
 )
 from tests.k8s.manifests import (
+    NATIVE_PROBE_TARGETS,
     OUR_SERVER_TARGETS,
     REPO,
+    SECURE_TARGETS,
     SERVING_TARGETS,
+    STACKS,
     TARGETS,
     Obj,
     all_containers,
     container,
     flag_values,
+    label_selector_matches,
     of_kind,
     one,
     pod_templates,
@@ -38,8 +42,9 @@ from tests.k8s.manifests import (
     selector_matches,
     server_deployment,
 )
+from tests.k8s.secrets import secure_stand_ins
 
-ALL_TARGETS = (*TARGETS, "components")
+ALL_TARGETS = (*TARGETS, *STACKS)
 MODELS = {"digits", "catdog", "sentiment"}
 PROJECT_VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 # Flags of the product contract (CONTRACT.md) plus the deployment flags the server adds; the
@@ -59,6 +64,9 @@ CONTRACT_FLAGS = {
     "drain_seconds",
     "tensorflow_intra_op_parallelism",
     "grpc_channel_arguments",  # tensorflow_model_server's own flag
+    "ssl_config_file",  # security (components/secure)
+    "auth_token_file",
+    "auth_exempt",  # which endpoints need no token: the probes and Prometheus rely on it
 }
 # tensorflow_model_server flags the tfserving overlay may use (from TF Serving's main.cc).
 TF_SERVING_FLAGS = {
@@ -77,6 +85,8 @@ TF_SERVING_FLAGS = {
     "rest_api_timeout_in_ms",
 }
 CONFIG_FLAGS = ("model_config_file", "batching_parameters_file", "monitoring_config_file")
+# The exec probe of components/secure: the image's Python runs this script, mounted from a ConfigMap.
+TLS_PROBE_SCRIPT = "/etc/model-serving-probe/tls_health_probe.py"
 
 
 # ---- helpers ----
@@ -106,10 +116,17 @@ def container_ports(spec: Obj) -> dict[str | int, int]:
     return ports
 
 
-def probe_port(probe: Obj) -> str | int:
+def probe_port(probe: Obj) -> str | int | None:
+    """The port a probe connects to; None for the exec probes of the secure component, which run the
+    image's own Python on a script mounted beside it (see test_k8s_secure.py)."""
     handlers = [key for key in ("grpc", "httpGet", "tcpSocket", "exec") if key in probe]
     assert len(handlers) == 1, f"a probe needs exactly one handler, found {handlers}"
-    assert handlers[0] != "exec", "exec probes depend on binaries in the image; use grpc/httpGet/tcpSocket"
+    if handlers[0] == "exec":
+        command = probe["exec"]["command"]
+        assert command[:2] == ["python", TLS_PROBE_SCRIPT], (
+            f"exec probes depend on binaries in the image; only the TLS health probe is one: {command}"
+        )
+        return None
     port: str | int = probe[handlers[0]]["port"]
     return port
 
@@ -145,9 +162,14 @@ def drain_seconds(args: list[str]) -> float:
     return float(values["drain_seconds"]) if "drain_seconds" in values else ServerConfig.drain_seconds
 
 
-def server_config_from_manifest(objects: tuple[Obj, ...], tmp_path: Path) -> ServerConfig:
+def server_config_from_manifest(
+    objects: tuple[Obj, ...], tmp_path: Path, secret_files: dict[str, str] | None = None
+) -> ServerConfig:
     """Run the server's own flag parser on the Deployment's args, the config files taken from the
-    ConfigMap (written under tmp_path, with the paths in the args rewritten to point there)."""
+    ConfigMap (written under tmp_path, with the paths in the args rewritten to point there).
+
+    `secret_files` stands in for Secrets, which are made outside the manifests: {flag: content};
+    each such flag must point into a mounted Secret volume."""
     pod_spec = server_deployment(objects)["spec"]["template"]["spec"]
     server = container(pod_spec, "server")
     files = configmap_files(objects, pod_spec, server)
@@ -158,6 +180,12 @@ def server_config_from_manifest(objects: tuple[Obj, ...], tmp_path: Path) -> Ser
             assert value in files, f"--{name}={value}: no ConfigMap key is mounted there"
             local = tmp_path / Path(value).name
             local.write_text(files[value])
+            arg = f"--{name}={local}"
+        elif secret_files and name in secret_files:
+            _, volume = mount_for(pod_spec, server, value)
+            assert "secret" in volume, f"--{name}={value} is not in a mounted Secret"
+            local = tmp_path / Path(value).name
+            local.write_text(secret_files[name])
             arg = f"--{name}={local}"
         args.append(arg)
     return parse_args(args)
@@ -244,7 +272,7 @@ def test_probes_point_at_declared_ports(target: str) -> None:
             for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
                 if kind in spec:
                     port = probe_port(spec[kind])
-                    assert port in ports, (
+                    assert port is None or port in ports, (
                         f"{owner['metadata']['name']}/{spec['name']} {kind}: port {port} undeclared"
                     )
 
@@ -277,7 +305,7 @@ def test_server_declares_the_api_ports(target: str) -> None:
     assert container_ports(server) == {"grpc": 8500, 8500: 8500, "rest": 8501, 8501: 8501}
 
 
-@pytest.mark.parametrize("target", OUR_SERVER_TARGETS)
+@pytest.mark.parametrize("target", NATIVE_PROBE_TARGETS)
 def test_server_probes_use_grpc_health(target: str) -> None:
     """Start-up, readiness and liveness all ask grpc.health.v1 on the gRPC port.
 
@@ -334,9 +362,13 @@ def test_server_args_are_contract_flags(target: str) -> None:
 
 @pytest.mark.parametrize("target", OUR_SERVER_TARGETS)
 def test_server_parses_its_manifest_configuration(target: str, tmp_path: Path) -> None:
-    """The server's own parser accepts the args and the ConfigMap files they point at."""
+    """The server's own parser accepts the args and the ConfigMap files they point at (and, for the
+    secure overlays, stand-ins for the Secrets' files: see test_k8s_secure.py)."""
     objects = render(target)
-    config = server_config_from_manifest(objects, tmp_path)
+    secret_files = secure_stand_ins(tmp_path) if target in SECURE_TARGETS else None
+    config = server_config_from_manifest(objects, tmp_path, secret_files)
+    assert (config.tls is not None) == (target in SECURE_TARGETS)
+    assert (config.auth_token_file is not None) == (target in SECURE_TARGETS)
     assert {model.name for model in config.models} == MODELS
     for model in config.models:
         assert model.base_path == Path("/models") / model.name
@@ -347,7 +379,9 @@ def test_server_parses_its_manifest_configuration(target: str, tmp_path: Path) -
     assert pod_annotations["prometheus.io/port"] == str(config.rest_api_port)
     assert pod_annotations["prometheus.io/scrape"] == "true"
     expected_providers = (
-        ("CUDAExecutionProvider", "CPUExecutionProvider") if target == "gpu" else ("CPUExecutionProvider",)
+        ("CUDAExecutionProvider", "CPUExecutionProvider")
+        if target.startswith("gpu")
+        else ("CPUExecutionProvider",)
     )
     assert config.onnx_providers == expected_providers
 
@@ -421,11 +455,58 @@ def test_network_policy_opens_only_the_api_ports(target: str) -> None:
     assert ports == {(8500, "TCP"), (8501, "TCP")}
 
 
+CLIENT_LABELS = {"model-serving/client": "true"}
+PROMETHEUS = ({"kubernetes.io/metadata.name": "monitoring"}, {"app.kubernetes.io/name": "prometheus"})
+
+
+def admitted_ports(policy: Obj, namespace_labels: dict[str, str], pod_labels: dict[str, str]) -> set[int]:
+    """Ports on which `policy` admits a pod with `pod_labels` in a namespace with `namespace_labels`
+    (another namespace than the policy's, unless its name label says otherwise)."""
+    same_namespace = namespace_labels.get("kubernetes.io/metadata.name") == policy["metadata"]["namespace"]
+    ports: set[int] = set()
+    for rule in policy["spec"]["ingress"]:
+        for peer in rule["from"]:
+            assert "ipBlock" not in peer, "no address ranges: clients are chosen by label"
+            if "namespaceSelector" in peer:
+                namespace_ok = label_selector_matches(peer["namespaceSelector"], namespace_labels)
+            else:  # a podSelector alone means the policy's own namespace
+                namespace_ok = same_namespace
+            if namespace_ok and label_selector_matches(peer.get("podSelector", {}), pod_labels):
+                ports |= {p["port"] for p in rule["ports"]}
+    return ports
+
+
+@pytest.mark.parametrize("target", SERVING_TARGETS)
+def test_network_policy_admits_clients_and_prometheus_only(target: str) -> None:
+    """Rendered, not as written: kustomize's `labels` rewrite NetworkPolicy selectors."""
+    policy = one(render(target), "NetworkPolicy", "model-server")
+    for rule in policy["spec"]["ingress"]:
+        assert rule.get("from"), "a rule without `from` admits every source"
+    own_namespace = {"kubernetes.io/metadata.name": "model-serving"}
+    other_namespace = {"kubernetes.io/metadata.name": "my-app"}
+    # Clients: labelled pods here, any pod of a labelled namespace; both API ports.
+    assert admitted_ports(policy, own_namespace, CLIENT_LABELS) == {8500, 8501}
+    assert admitted_ports(policy, {**other_namespace, **CLIENT_LABELS}, {"app": "anything"}) == {8500, 8501}
+    locust = one(render("loadtest"), "Deployment", "locust-worker")["spec"]["template"]["metadata"]["labels"]
+    assert admitted_ports(policy, own_namespace, locust) == {8500, 8501}
+    # Prometheus: the metrics are on the REST port, and only there.
+    assert admitted_ports(policy, PROMETHEUS[0], PROMETHEUS[1]) == {8501}
+    # Nobody else: unlabelled pods here or elsewhere, a client label in the wrong place, Prometheus
+    # labels outside the monitoring namespace, the monitoring namespace's other pods.
+    assert admitted_ports(policy, own_namespace, {"app": "anything"}) == set()
+    assert admitted_ports(policy, other_namespace, CLIENT_LABELS) == set()
+    assert admitted_ports(policy, other_namespace, PROMETHEUS[1]) == set()
+    assert admitted_ports(policy, PROMETHEUS[0], {"app.kubernetes.io/name": "grafana"}) == set()
+    server_labels = server_deployment(render(target))["spec"]["template"]["metadata"]["labels"]
+    assert admitted_ports(policy, own_namespace, server_labels) == set()
+
+
 # ---- overlays ----
 
 
-def test_gpu_overlay_requests_a_gpu_on_gpu_nodes() -> None:
-    pod = server_deployment(render("gpu"))["spec"]["template"]["spec"]
+@pytest.mark.parametrize("target", ["gpu", "gpu-secure"])
+def test_gpu_overlay_requests_a_gpu_on_gpu_nodes(target: str) -> None:
+    pod = server_deployment(render(target))["spec"]["template"]["spec"]
     server = container(pod, "server")
     assert server["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert server["image"].startswith("model-serving/server-gpu:")

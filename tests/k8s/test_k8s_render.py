@@ -13,14 +13,14 @@ import kubernetes_validate
 import pytest
 from kubernetes_validate.utils import latest_version
 
-from tests.k8s.manifests import NAMESPACE, TARGETS, Obj, render, server_deployment
+from tests.k8s.manifests import NAMESPACE, STACKS, TARGETS, Obj, render, server_deployment
 
 # The oldest Kubernetes the manifests support: the preStop `sleep` action is on by default from 1.30.
 MIN_KUBERNETES = "1.30"
 VERSIONS = (MIN_KUBERNETES, latest_version())
 # Custom resources whose CRD schemas are not bundled; checked by the policy tests instead.
 CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
-ALL_TARGETS = (*TARGETS, "components")
+ALL_TARGETS = (*TARGETS, *STACKS)
 
 
 def validate(obj: Obj, version: str) -> None:

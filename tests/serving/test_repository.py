@@ -16,7 +16,7 @@ import pytest
 from serving.backends import BackendOptions, Signature, TensorMeta
 from serving.config import ModelConfig, VersionPolicy
 from serving.errors import NotFound, Unavailable
-from serving.manifest import MANIFEST_FILE
+from serving.manifest import Manifest, write_manifest
 from serving.repository import EngineCost, Repository, State, warm_up
 
 SIGNATURE = Signature(
@@ -54,9 +54,10 @@ class FakeBackend:
 
 
 def _publish(base: Path, *versions: int) -> None:
+    """Version folders holding only a manifest (valid, listing no files): the fake engine reads none."""
     for version in versions:
         (base / str(version)).mkdir(parents=True, exist_ok=True)
-        (base / str(version) / MANIFEST_FILE).write_text("{}")
+        write_manifest(base / str(version), Manifest("m", version, "test", (), {}))
 
 
 def _repository(base: Path, **config: object) -> Repository:
