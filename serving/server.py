@@ -213,7 +213,7 @@ async def start(config: ServerConfig, readiness: Readiness | None = None) -> Run
             runner,
             config.host,
             config.rest_api_port,
-            max_connections=config.limits.rest_max_connections,
+            max_connections=_connection_cap(config.limits.rest_max_connections),
             reuse_port=config.workers > 1 or None,
             ssl_context=ssl_context(config.tls) if config.tls else None,
         )
@@ -242,6 +242,28 @@ async def start(config: ServerConfig, readiness: Readiness | None = None) -> Run
     if config.workers > 1:
         running.tasks.append(asyncio.create_task(_watch_workers(running)))
     return running
+
+
+FILE_DESCRIPTOR_RESERVE = 256  # for model files, gRPC connections, logs: kept out of the REST cap
+
+
+def _connection_cap(wanted: int) -> int:
+    """The REST connection cap the process can honour: the soft file-descriptor limit is raised to
+    the hard one, and the cap lowered (with a warning) if it would still not leave a reserve."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    except (ImportError, ValueError, OSError):  # not POSIX, or not allowed
+        return wanted
+    if soft == resource.RLIM_INFINITY or wanted + FILE_DESCRIPTOR_RESERVE <= soft:
+        return wanted
+    cap = max(soft - FILE_DESCRIPTOR_RESERVE, 1)
+    log.warning("--rest_max_connections %d needs more file descriptors than the limit of %d: using %d", wanted, soft, cap)
+    return cap
 
 
 async def _poll(running: RunningServer, interval: float) -> None:

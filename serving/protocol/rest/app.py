@@ -364,7 +364,7 @@ def _parse_big_json(raw: bytes, max_depth: int, dense_arrays: bool) -> dict[str,
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim  # type: ignore[no-any-return]
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):  # not glibc
         return None
 
