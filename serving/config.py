@@ -90,6 +90,8 @@ class Limits:
 
     max_request_rows: int = 1000  # rows (batch dimension) of one request; TF Serving's max_batch_size default
     max_string_bytes: int = 16 * 1024 * 1024  # one string element (an encoded image, a text)
+    max_image_pixels: int = 8192 * 8192  # one image, from its header, before decoding
+    max_request_image_pixels: int = 1 << 28  # all images of one request
     string_element_overhead: int = 64  # what one string element costs beyond its bytes, in the size check
     rest_max_body_bytes: int = 0  # 0: the gRPC message limit (--grpc_max_message_bytes)
     rest_max_json_depth: int = 64  # nesting of arrays and objects in a REST body
@@ -393,6 +395,8 @@ def _add_security_flags(parser: argparse.ArgumentParser) -> None:
 _LIMIT_FLAGS: tuple[tuple[str, str, type, float, str], ...] = (
     ("--max_request_rows", "max_request_rows", int, 1, "rows (batch dimension) one request may carry; with batching, max_batch_size also applies"),
     ("--max_string_bytes", "max_string_bytes", int, 1, "bytes of one string element (an encoded image, a text)"),
+    ("--max_image_pixels", "max_image_pixels", int, 1, "pixels of one encoded image, read from its header before decoding"),
+    ("--max_request_image_pixels", "max_request_image_pixels", int, 1, "pixels of all the encoded images of one request"),
     ("--rest_max_body_bytes", "rest_max_body_bytes", int, 1, "largest REST request body (413 beyond); 0: as --grpc_max_message_bytes"),
     ("--rest_max_json_depth", "rest_max_json_depth", int, 1, "deepest nesting of arrays and objects in a REST body"),
     ("--rest_max_inflight_bytes", "rest_max_inflight_bytes", int, 1, "REST request bodies read or parsed at once, in bytes (429 beyond)"),

@@ -35,6 +35,7 @@ from serving.backends import BackendOptions
 from serving.config import ServerConfig
 from serving.dataplane import DataPlane
 from serving.metrics import Metrics
+from serving.preprocess import PreprocessLimits
 from serving.protocol import Services
 from serving.protocol.grpc.server import READINESS_SERVICES, HealthServicer, create_server
 from serving.protocol.rest.app import RestApi
@@ -163,6 +164,7 @@ async def start(config: ServerConfig, readiness: Readiness | None = None) -> Run
         intra_op_threads=config.intra_op_threads,
         inter_op_threads=config.inter_op_threads,
         providers=config.onnx_providers,
+        preprocess=PreprocessLimits(config.limits.max_image_pixels, config.limits.max_request_image_pixels),
     )
     repository = Repository(
         config.models, config.backend, options, executor, unload_timeout_seconds=config.drain_seconds

@@ -14,6 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
+from serving.preprocess import PreprocessLimits
+
 
 @dataclass(frozen=True)
 class TensorMeta:
@@ -43,6 +45,7 @@ class BackendOptions:
     intra_op_threads: int = 0  # 0: the engine's default
     inter_op_threads: int = 0
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    preprocess: PreprocessLimits = field(default_factory=PreprocessLimits)
 
 
 class Backend(Protocol):

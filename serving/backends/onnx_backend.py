@@ -84,7 +84,7 @@ class OnnxBackend:
                 self._explainers[name] = self._build_explainer(name, sig)
             elif sig.preprocess is not None:
                 self._preprocessors[name] = build_preprocessor(
-                    sig.preprocess.kind, version_dir, sig.preprocess.params
+                    sig.preprocess.kind, version_dir, sig.preprocess.params, options.preprocess
                 )
                 if sig.preprocess.input not in sig.inputs:
                     alternatives[sig.preprocess.input] = sig.preprocess.output

@@ -20,13 +20,15 @@ import pytest
 
 from serving import codec
 from serving.proto import apis_pb2, apis_pb2_grpc, tensor_pb2
-from tests.clients.tiny_models import write_tiny_sentiment
+from tests.clients.tiny_models import write_tiny_catdog, write_tiny_sentiment
 from tests.serving.fixtures import ServerProcess, start_server, write_config, write_tiny_version
 
 pytestmark = pytest.mark.slow
 
 ROWS = 8  # --max_request_rows
 STRING_BYTES = 1000  # --max_string_bytes
+IMAGE_PIXELS = 100 * 100  # --max_image_pixels
+REQUEST_IMAGE_PIXELS = 15_000  # --max_request_image_pixels
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("limits")
     write_tiny_version(folder / "tiny", 1)
     write_tiny_sentiment(folder / "sentiment")
-    config = write_config(folder / "models.config", {"tiny": folder / "tiny", "sentiment": folder / "sentiment"})
+    write_tiny_catdog(folder / "catdog")
+    config = write_config(
+        folder / "models.config",
+        {"tiny": folder / "tiny", "sentiment": folder / "sentiment", "catdog": folder / "catdog"},
+    )
     process = start_server(
         [
             "--model_config_file",
@@ -45,6 +51,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
             str(STRING_BYTES),
             "--rest_max_json_depth",
             "8",
+            "--max_image_pixels",
+            str(IMAGE_PIXELS),
+            "--max_request_image_pixels",
+            str(REQUEST_IMAGE_PIXELS),
         ],
         folder / "server.log",
     )
@@ -109,6 +119,40 @@ def test_string_element_at_and_past_the_limit(server: ServerProcess) -> None:
     assert "--max_string_bytes" in error.details()
 
 
+def _png(width: int, height: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _predict_images(server: ServerProcess, images: list[bytes]) -> grpc.RpcError | None:
+    request = apis_pb2.PredictRequest()
+    request.model_spec.name = "catdog"
+    request.model_spec.signature_name = "predict_image_bytes"
+    request.inputs["image_bytes"].CopyFrom(codec.from_numpy(np.array(images, dtype=object)))
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        try:
+            apis_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+        except grpc.RpcError as error:
+            return error
+    return None
+
+
+def test_image_pixels_at_and_past_the_limits(server: ServerProcess) -> None:
+    assert _predict_images(server, [_png(100, 100)]) is None  # at the per-image limit
+    error = _predict_images(server, [_png(101, 100)])
+    assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "--max_image_pixels" in error.details()
+    assert _predict_images(server, [_png(100, 100), _png(50, 100)]) is None  # 15,000: at the request limit
+    error = _predict_images(server, [_png(100, 100), _png(51, 100)])
+    assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "--max_request_image_pixels" in error.details()
+
+
 def test_json_depth_at_and_past_the_limit(server: ServerProcess) -> None:
     at = b'{"instances": [' + b"[" * 6 + b"1" + b"]" * 6 + b"]}"  # 8 deep: the rank is wrong, not the depth
     status, answer = _post(server, "/v1/models/tiny:predict", at)
@@ -167,6 +211,8 @@ def test_limits_are_flags_with_their_defaults_in_the_help() -> None:
         "--rest_api_timeout_in_ms",
         "--grpc_max_concurrent_streams",
         "--grpc_max_concurrent_rpcs",
+        "--max_image_pixels",
+        "--max_request_image_pixels",
     ):
         assert flag in text
 
