@@ -10,7 +10,7 @@ GRPC_PORT ?= 8500
 REST_PORT ?= 8501
 export DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: up venv install install-dev train-missing models-config serve test lint evaluate bench loadtest protos clean
+.PHONY: up venv install install-dev train-missing models-config serve test lint evaluate bench fuzz reliability loadtest protos clean
 
 # -- setup ------------------------------------------------------------------------------------
 
@@ -68,6 +68,13 @@ evaluate: ## accuracy of the published models on their test sets, against the ta
 
 bench: ## serving latency/throughput on the published digits model (loopback); PEERS=1: beside KServe and a minimal floor
 	$(PY) -m loadtests.bench --models-dir $(MODELS_DIR) $(if $(PEERS),--peers) $(BENCH_ARGS)
+
+reliability: ## the README's reliability figures: tiny requests declaring huge tensors, big JSON bodies vs health checks, slowloris, a connection flood (about a minute, loopback)
+	$(PY) -m loadtests.reliability
+
+FUZZ_ARGS ?= --seed 1 --grpc-cases 10000 --rest-cases 10000 --max-seconds 1200 --concurrency 2
+fuzz: install-dev ## seeded fuzz campaign (gRPC + REST + OpenAPI cases) against a real server on 127.0.0.1; fails on any 5xx, INTERNAL/UNKNOWN, hang, crash or RSS growth; FUZZ_ARGS to override
+	$(PY) -m loadtests.fuzz $(FUZZ_ARGS) --out reports/fuzz
 
 loadtest: ## 60 s Locust step ramp against a local server: knee per model; fails on errors or p99 over 250 ms at the first step
 	$(PY) -m loadtests.run --start-server --models-dir $(MODELS_DIR) --server-args=--enable_batching --shape step --users 40 --duration 60 --p99-ms 250 --out reports/loadtest
