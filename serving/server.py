@@ -27,6 +27,7 @@ from typing import Protocol
 
 import grpc
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from grpc_health.v1 import health, health_pb2
 
 from serving.admission import Admission
@@ -155,8 +156,21 @@ class RunningServer:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
+class _MalformedHttpFilter(logging.Filter):
+    """aiohttp logs a traceback at ERROR for every malformed HTTP request it answers 400 (a bad
+    request line, a header too long): the client's fault, already answered, and a flood of them
+    would flood the log. Those records are dropped; every other aiohttp error is kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, HttpProcessingError)
+
+
 async def start(config: ServerConfig, readiness: Readiness | None = None) -> RunningServer:
     """Start listening and load the models; returns once every model has been tried once."""
+    aiohttp_server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _MalformedHttpFilter) for f in aiohttp_server_log.filters):
+        aiohttp_server_log.addFilter(_MalformedHttpFilter())
     metrics = Metrics(model.name for model in config.models)
     workers = max(4, (config.batching.num_batch_threads if config.batching else 0) + 2)
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engine")

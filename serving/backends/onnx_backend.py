@@ -17,6 +17,7 @@ load with a `VersionFilesError` naming it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -25,6 +26,7 @@ import numpy as np
 
 from serving.backends.base import BackendOptions, Signature, TensorMeta
 from serving.codec import dtype_from_name
+from serving.errors import InvalidArgument
 from serving.manifest import (
     Manifest,
     ManifestError,
@@ -40,6 +42,14 @@ Explainer = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
 def _meta(spec: TensorSpec) -> TensorMeta:
     return TensorMeta(dtype=dtype_from_name(spec.dtype), shape=spec.shape)
+
+
+@functools.cache
+def _ort_errors() -> Any:
+    """onnxruntime's exception classes (imported lazily, like the engine itself)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state
+
+    return onnxruntime_pybind11_state
 
 
 class OnnxBackend:
@@ -150,7 +160,14 @@ class OnnxBackend:
         session = self._sessions[binding.onnx.file]
         feed = {binding.onnx.inputs[name]: value for name, value in inputs.items()}
         wanted = list(outputs) if outputs is not None else list(binding.onnx.outputs)
-        results = session.run([binding.onnx.outputs[name] for name in wanted], feed)
+        try:
+            results = session.run([binding.onnx.outputs[name] for name in wanted], feed)
+        except (_ort_errors().InvalidArgument, _ort_errors().Fail) as exc:
+            # An op refused these values although the signature accepts their shapes (a Reshape
+            # that does not divide, say): the input's fault, as TF Serving passes an op's
+            # INVALID_ARGUMENT through. Engine faults (RuntimeException, EPFail...) stay INTERNAL.
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InvalidArgument(f"the model cannot run on this input: {message}") from exc
         return dict(zip(wanted, results, strict=True))
 
     def close(self) -> None:

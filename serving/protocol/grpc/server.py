@@ -117,6 +117,8 @@ def rpc(
                     raise DeadlineExceeded("the call's deadline passed before it was answered") from None
             except ServingError as exc:
                 status = exc.grpc_code.name
+                if isinstance(exc, DeadlineExceeded) and context.cancelled():
+                    raise asyncio.CancelledError from None  # gRPC has already ended the call
                 if exc.grpc_code in _RETRYABLE:
                     context.set_trailing_metadata(RETRY_PUSHBACK)
                 await context.abort(exc.grpc_code, exc.message)
@@ -162,7 +164,13 @@ class HealthServicer(health.aio.HealthServicer):
 
     async def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckResponse:
         await self._check_token(context)
-        return await super().Check(request, context)
+        status = self._server_status.get(request.service)
+        if status is None:  # the stock servicer answers NOT_FOUND with no message at all
+            known = sorted(repr(name) for name in self._server_status)
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"unknown health service {request.service!r}; known: {', '.join(known)}"
+            )
+        return health_pb2.HealthCheckResponse(status=status)
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:
         await self._check_token(context)

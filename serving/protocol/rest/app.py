@@ -5,6 +5,7 @@
     POST /v1/models/<m>[/versions/<v>|/labels/<l>]:predict      {"instances": [...]} or {"inputs": ...}
     POST /v1/models/<m>[/versions/<v>|/labels/<l>]:classify     {"examples": [{feature: value}, ...]}
     GET  <monitoring path>                                      Prometheus text
+    GET  /v1/openapi.json                                       this API as an OpenAPI 3 document
 
 Errors are `{"error": "<message>"}` with the status each `ServingError` carries (429 and 503 with
 `Retry-After`, 401 with `WWW-Authenticate: Bearer`); JSON bodies of status and metadata are the
@@ -29,9 +30,11 @@ import ctypes
 import ctypes.util
 import json
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,6 +74,7 @@ _PATH = re.compile(
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+OPENAPI_DOCUMENT = Path(__file__).with_name("openapi.json")
 BIG_BODY_BYTES = 1 << 20  # bodies from this size on are parsed one at a time (see `models`)
 _VERSION = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit() also takes "²" and full-width digits
 _MAX_VERSION = 2**63 - 1  # TF Serving's versions are int64
@@ -184,9 +188,14 @@ class RestApi:
 
         app.on_cleanup.append(stop_parse_thread)
         app.router.add_route("*", "/v1/models/{tail:.*}", self.models)
+        app.router.add_get("/v1/openapi.json", self.openapi)
         if self.monitoring.enable:
             app.router.add_get(self.monitoring.path, self.prometheus)
         return app
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        """The OpenAPI 3 document of this REST API (kept beside this module)."""
+        return web.Response(body=OPENAPI_DOCUMENT.read_bytes(), content_type="application/json", charset="utf-8")
 
     async def prometheus(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
@@ -314,7 +323,11 @@ class RestApi:
             _, classes = await self.dataplane.classify(
                 name, decoded, version=resolved.version, signature=signature.name
             )
-            return _json_response({"results": [[[lab, score] for lab, score in row] for row in classes]})
+            results = {"results": [[[lab, score] for lab, score in row] for row in classes]}
+            if all(math.isfinite(score) for row in classes for _, score in row):
+                return _json_response(results)
+            # orjson would write NaN as null; TF Serving writes the NaN literal, as predict does here.
+            return web.Response(body=json.dumps(results).encode(), content_type="application/json", charset="utf-8")
 
 
 def _predict_response(outputs: Mapping[str, np.ndarray], row_format: bool) -> web.Response:
