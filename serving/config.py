@@ -101,7 +101,7 @@ class Limits:
     rest_body_timeout_seconds: float = 30.0  # a request body must arrive within this once headers are in
     rest_api_timeout_seconds: float = 30.0  # TF Serving's --rest_api_timeout_in_ms: the whole request
     grpc_max_concurrent_streams: int = 128  # per HTTP/2 connection
-    grpc_max_concurrent_rpcs: int = 1024  # whole server; beyond it RESOURCE_EXHAUSTED at once
+    grpc_max_concurrent_rpcs: int = 128  # whole server; beyond it RESOURCE_EXHAUSTED at once
     grpc_keepalive_seconds: float = 60.0  # ping idle connections this often; dead peers are cut
     grpc_keepalive_timeout_seconds: float = 20.0
 
