@@ -80,9 +80,13 @@ _VERSION = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit() also t
 _MAX_VERSION = 2**63 - 1  # TF Serving's versions are int64
 
 
-def _json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+def _json_response(
+    payload: Any, status: int = 200, headers: Mapping[str, str] | None = None, finite: bool = True
+) -> web.Response:
+    """orjson's JSON of `payload`; with `finite=False` (it may hold NaN or infinities) Python's json,
+    which writes the NaN/Infinity literals TF Serving writes where orjson would write null."""
     try:
-        body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+        body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY) if finite else json.dumps(payload).encode()
     except orjson.JSONEncodeError:
         # What orjson refuses and json writes: strings with lone surrogates, numpy types orjson
         # does not know. Neither comes from a request orjson parsed; this is a safety net.
@@ -324,16 +328,12 @@ class RestApi:
                 name, decoded, version=resolved.version, signature=signature.name
             )
             results = {"results": [[[lab, score] for lab, score in row] for row in classes]}
-            if all(math.isfinite(score) for row in classes for _, score in row):
-                return _json_response(results)
-            # orjson would write NaN as null; TF Serving writes the NaN literal, as predict does here.
-            return web.Response(body=json.dumps(results).encode(), content_type="application/json", charset="utf-8")
+            return _json_response(results, finite=all(math.isfinite(score) for row in classes for _, score in row))
 
 
 def _predict_response(outputs: Mapping[str, np.ndarray], row_format: bool) -> web.Response:
     """TF Serving's predict answer: {"predictions": ...} (row format) or {"outputs": ...}."""
-    # orjson writes NaN and Infinity as null; json writes the NaN/Infinity literals TF Serving
-    # writes, so answers with them take the slow path.
+    # Answers with NaN or infinities take the slow path (see `_json_response`).
     finite = all(v.dtype.kind != "f" or np.isfinite(v).all() for v in outputs.values())
     convert = codec.json_ready if finite else codec.numpy_to_json
     values = {k: convert(v, binary=k.endswith("_bytes")) for k, v in outputs.items()}
@@ -345,9 +345,7 @@ def _predict_response(outputs: Mapping[str, np.ndarray], row_format: bool) -> we
     else:
         rows = len(next(iter(outputs.values())))
         payload = {"predictions": [{k: v[i] for k, v in values.items()} for i in range(rows)]}
-    if finite:
-        return _json_response(payload)
-    return web.Response(body=json.dumps(payload).encode(), content_type="application/json", charset="utf-8")
+    return _json_response(payload, finite=finite)
 
 
 def _signature_name(body: dict[str, Any]) -> str:
