@@ -10,7 +10,10 @@ GRPC_PORT ?= 8500
 REST_PORT ?= 8501
 export DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: up venv install install-dev train-missing models-config serve test lint evaluate bench fuzz reliability loadtest protos clean
+.PHONY: help up venv install install-dev train-missing models-config serve test lint evaluate bench fuzz reliability loadtest protos clean
+
+help: ## this list of targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # -- setup ------------------------------------------------------------------------------------
 
@@ -59,7 +62,7 @@ serve: ## serve models/ in the foreground (Ctrl-C stops)
 test: install-dev lint ## the whole suite (CI runs exactly this)
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
-lint:
+lint: ## ruff and mypy (part of make test)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy serving clients training export loadtests
 
@@ -83,5 +86,5 @@ protos: ## regenerate serving/proto/*_pb2*.py from protos/ (needs grpcio-tools f
 	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. protos/serving/proto/*.proto
 	find serving/proto -name '*_pb2_grpc.py' ! -name 'apis_pb2_grpc.py' -delete
 
-clean:
+clean: ## remove caches and build folders
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info

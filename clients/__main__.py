@@ -6,6 +6,7 @@
     ml-client explain --model catdog photo.jpg -o overlay.png [--raw heatmap.npy]
     ml-client --rest --url http://localhost:8501 status --model digits
     ml-client --token-file token.txt status --model digits   # a server started with --auth_token_file
+    ml-client sample --model digits -o digit.png           # an MNIST test digit to try (no server needed)
 
 Nothing is hard-coded per model: the CLI reads the signature's inputs from GetModelMetadata and sends
 file bytes (a `*_bytes` string input), text (another string input) or a decoded image (a float
@@ -32,7 +33,7 @@ import numpy as np
 from clients.auth import check_token, read_token_file
 from clients.base import DEFAULT_TIMEOUT_S, Client
 from clients.errors import ClientError
-from clients.images import ImageLoadError, Invert, load_image_tensor, load_photo, read_bytes
+from clients.images import ImageLoadError, Invert, load_image_tensor, load_photo, looks_grayscale, read_bytes
 from clients.overlay import enlarge, overlay, save_png
 from clients.retries import DEFAULT_RETRIES
 
@@ -40,6 +41,7 @@ PROG = "ml-client"
 DEFAULT_SIGNATURE = "serving_default"
 TOKEN_ENV = "ML_CLIENT_TOKEN"
 EXPLAIN_SIGNATURE = "explain"
+TEXT_SUFFIXES = (".txt", ".text")
 # Server-side failures that mean "Classify is not offered here" (REST reports FAILED_PRECONDITION as 400).
 _NO_CLASSIFY = ("FAILED_PRECONDITION", "UNIMPLEMENTED", "INVALID_ARGUMENT")
 
@@ -172,6 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("metadata", "print the model's signatures as JSON")
     command("status", "print the state of each version of the model")
+
+    sample = command("sample", "write an example input for a model (from the test data under $DATA_DIR)")
+    sample.add_argument(
+        "-o", "--output", type=Path, help="file to write (default: digit.png, photo.jpg or review.txt)"
+    )
+    sample.add_argument("--index", type=_non_negative, default=0, help="which test example (default 0)")
+    sample.add_argument(
+        "--data-dir", type=Path, help="data folder (default: $DATA_DIR, else ../shared/data beside the repository)"
+    )
     return parser
 
 
@@ -278,15 +289,14 @@ def build_request(
     if signature_name not in signatures:
         raise UsageError(f"the model has no signature '{signature_name}'; it has {sorted(signatures)}")
     input_name, spec = _only_input(signature_name, signatures[signature_name])
-    sources = [
-        Path(v).name if spec["dtype"] != "string" or input_name.endswith("bytes") else v for v in values
-    ]
+    is_text = spec["dtype"] == "string" and not input_name.endswith("bytes")
+    sources = [v if is_text and not _is_file(v) else Path(v).name for v in values]
     if spec["dtype"] == "string":
         strings = np.empty(len(values), dtype=object)  # [N]
         if _is_bytes_input(input_name, spec):
             strings[:] = [_read_file(v) for v in values]
         else:
-            strings[:] = [v.encode("utf-8") for v in values]
+            strings[:] = [_text_of(v).encode("utf-8") for v in values]
         return Request(signature_name, {input_name: strings}, sources)
     shape = spec["shape"]
     model_takes_bytes = any(_takes_bytes(s) for s in signatures.values())
@@ -319,6 +329,47 @@ def _row_sources(sources: Sequence[str], batches: Sequence[np.ndarray]) -> list[
     for source, batch in zip(sources, batches, strict=True):
         names += [source] if len(batch) == 1 else [f"{source}[{i}]" for i in range(len(batch))]
     return names
+
+
+def _is_file(value: str) -> bool:
+    try:
+        return Path(value).is_file()
+    except (OSError, ValueError):  # a long text is not a path
+        return False
+
+
+def _text_of(value: str) -> str:
+    """The text to classify: `value` itself, or the contents of a .txt file; any other file is an error
+    (a photo's path given to a text model would otherwise be classified as the words of its name)."""
+    if not _is_file(value):
+        return value
+    path = Path(value)
+    if path.suffix.lower() not in TEXT_SUFFIXES:
+        raise UsageError(
+            f"{value} is a file, not text: this model takes text; give the text itself (in quotes) "
+            f"or a {'/'.join(TEXT_SUFFIXES)} file"
+        )
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {value} as UTF-8 text: {exc}") from exc
+
+
+def warn_about_inputs(signatures: Mapping[str, Mapping[str, Any]], values: Sequence[str]) -> list[str]:
+    """Warnings for inputs the model will answer confidently but meaninglessly: a grayscale picture
+    sent to a model of colour photos (catdog), since gray is repeated into three equal channels."""
+    wants_colour = any(
+        spec["dtype"] != "string" and len(spec["shape"]) == 4 and spec["shape"][-1] == 3
+        for signature in signatures.values()
+        for spec in signature["inputs"].values()
+    )
+    if not wants_colour:
+        return []
+    return [
+        f"warning: {value} is a grayscale image; this model was trained on colour photos, so its answer means little"
+        for value in values
+        if _looks_like_image_file(value) and looks_grayscale(value)
+    ]
 
 
 def _read_file(value: str) -> bytes:
@@ -389,6 +440,8 @@ def run_predict(client: Client, args: argparse.Namespace) -> None:
     signatures = client.metadata(args.model, args.version, args.label)["signatures"]
     name = args.signature or choose_predict_signature(signatures, args.inputs)
     request = build_request(signatures, name, args.inputs, invert=args.invert)
+    for warning in warn_about_inputs(signatures, args.inputs):
+        print(warning, file=sys.stderr)
     if name in signatures and "probabilities" in signatures[name]["outputs"]:
         for source, classes in zip(request.sources, classes_of(client, args, request), strict=True):
             print(source)
@@ -406,6 +459,8 @@ def run_predict(client: Client, args: argparse.Namespace) -> None:
 def run_explain(client: Client, args: argparse.Namespace) -> None:
     signatures = client.metadata(args.model, args.version, args.label)["signatures"]
     request = build_request(signatures, args.signature, [args.input], invert=args.invert, prefer_bytes=True)
+    for warning in warn_about_inputs(signatures, [args.input]):
+        print(warning, file=sys.stderr)
     outputs = client.predict(
         args.model, request.inputs, signature=request.signature, version=args.version, label=args.label
     )
@@ -454,6 +509,34 @@ def run_status(client: Client, args: argparse.Namespace) -> None:
 COMMANDS = {"predict": run_predict, "explain": run_explain, "metadata": run_metadata, "status": run_status}
 
 
+def run_sample(args: argparse.Namespace) -> None:
+    """No server needed: writes the example and says how to send it."""
+    from clients.samples import DEFAULT_OUTPUT, SampleError, default_data_dir, write_sample
+
+    output = args.output or Path(DEFAULT_OUTPUT.get(args.model, f"{args.model}.sample"))
+    try:
+        sample = write_sample(args.model, output, args.data_dir or default_data_dir(), args.index)
+    except SampleError as exc:
+        raise UsageError(str(exc)) from exc
+    truth = f", label {sample.label}" if sample.label is not None else ""
+    print(f"wrote {sample.path}: {sample.source}{truth}")
+    if sample.generated:
+        print(f"warning: {sample.path} is a generated stand-in, not real test data", file=sys.stderr)
+    print(f"try: {PROG} predict --model {args.model} {sample.path}")
+
+
+def connection_hint(exc: ClientError, args: argparse.Namespace) -> str:
+    """' (start it with `make up`)' when nothing listens at the address: the usual first-run mistake."""
+    text = exc.message.lower()
+    refused = exc.code == "UNAVAILABLE" and (
+        "connection refused" in text or "failed to connect" in text or "connect call failed" in text
+    )
+    if not refused:
+        return ""
+    where = args.url if args.rest else args.target
+    return f"\n{PROG}: no server at {where} (start it with `make up`, or point --{'url' if args.rest else 'target'} at it)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -465,14 +548,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--timeout must be positive, got {args.timeout:g}")
     token: str | None = None
     try:
-        token = resolve_token(args)
-        with make_client(args, token) as client:
-            COMMANDS[args.command](client, args)
+        if args.command == "sample":
+            run_sample(args)
+        else:
+            token = resolve_token(args)
+            with make_client(args, token) as client:
+                COMMANDS[args.command](client, args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
     except ClientError as exc:
         status = f" (HTTP {exc.http_status})" if exc.http_status is not None and args.rest else ""
         hint = " (give --token or --token-file)" if exc.code == "UNAUTHENTICATED" and token is None else ""
+        hint += connection_hint(exc, args)
         print(f"{PROG}: {exc.code}{status}: {exc.message}{hint}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`ml-client ... | head`): stop quietly, as cat and grep do. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (UsageError, ImageLoadError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

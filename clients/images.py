@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from PIL import Image
 
 from serving.images import ImageDecodeError, decode_image, image_size, resize_bilinear
 
@@ -108,3 +109,21 @@ def load_photo(path: str | Path) -> np.ndarray:
         return decode_image(data, height, width, 3).astype(np.uint8)  # same size: no resampling
     except ImageDecodeError as exc:
         raise ImageLoadError(f"{path}: {exc.message}") from exc
+
+
+def looks_grayscale(path: str | Path, tolerance: float = 8.0) -> bool:
+    """True when an image file has one channel, or three that (almost) agree everywhere: a gray picture.
+
+    Read at thumbnail size (Pillow's draft mode for JPEG), so a large photo costs little. Unreadable
+    files are not gray here; decoding them fails later with its own message.
+    """
+    try:
+        with Image.open(path) as image:
+            if image.mode in ("1", "L", "LA", "I", "I;16", "F"):
+                return True
+            image.draft("RGB", (64, 64))
+            rgb = np.asarray(image.convert("RGB").resize((64, 64)), dtype=np.float32)  # [64, 64, 3]
+    except (OSError, ValueError):
+        return False
+    spread = rgb.max(axis=-1) - rgb.min(axis=-1)  # [64, 64]: 0 where the pixel is gray
+    return float(np.percentile(spread, 99)) <= tolerance
