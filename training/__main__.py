@@ -17,6 +17,10 @@ MODELS: dict[str, str] = {
     "sentiment": "training.sentiment",
 }
 
+# Modules that import Keras at their top (custom layers registered at import): even their --help
+# loads TensorFlow, so it is imported quietly first for them too.
+KERAS_AT_IMPORT = frozenset({"sentiment"})
+
 
 def usage() -> str:
     return f"usage: python -m training {{{','.join(MODELS)}}} [flags]   (python -m training <model> --help)"
@@ -31,6 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in MODELS:
         print(f"unknown model {name!r}\n{usage()}", file=sys.stderr)
         return 2
+    if not {"-h", "--help"} & set(rest) or name in KERAS_AT_IMPORT:
+        from training.common import import_tensorflow_quietly
+
+        import_tensorflow_quietly()  # before Keras: no "failed call to cuInit" on a CPU machine
     module = importlib.import_module(MODELS[name])
     return int(module.main(rest))
 

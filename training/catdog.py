@@ -629,7 +629,12 @@ def default_weights(base: Base, data_dir: Path) -> str:
 
 def parse_args(argv: Sequence[str]) -> TrainConfig:
     parser = argparse.ArgumentParser(prog="python -m training catdog", description=__doc__.split("\n")[0])
-    parser.add_argument("--approach", choices=[*APPROACHES, "all"], default=SERVED_APPROACH)
+    parser.add_argument(
+        "--approach",
+        choices=[*APPROACHES, "all"],
+        default=SERVED_APPROACH,
+        help=f"which of the book's approaches to train (default {SERVED_APPROACH}, the served one; all: each in turn)",
+    )
     parser.add_argument(
         "--base", choices=sorted(BASES), default=DEFAULT_BASE, help="pretrained convolutional base"
     )
@@ -641,7 +646,9 @@ def parse_args(argv: Sequence[str]) -> TrainConfig:
     parser.add_argument(
         "--image-size", type=int, help="input size of the pretrained approaches (default: the base's)"
     )
-    parser.add_argument("--scratch-image-size", type=int, default=160)
+    parser.add_argument(
+        "--scratch-image-size", type=int, default=160, help="input size of the convnet trained from scratch (default 160)"
+    )
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every schedule's epochs")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="run folder (default: runs/catdog)")
     parser.add_argument(
@@ -650,7 +657,7 @@ def parse_args(argv: Sequence[str]) -> TrainConfig:
     parser.add_argument("--dataset-dir", type=Path, help="a folder with the book's layout, used instead")
     parser.add_argument("--download", action="store_true", help="download and split PetImages when missing")
     parser.add_argument("--limit", type=int, help="use only N photos per split (quick runs)")
-    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--seed", type=int, default=1337, help="random seed (default 1337)")
     parser.add_argument("--threads", type=int, help="TensorFlow intra-op threads (default: all cores)")
     args = parser.parse_args(list(argv))
     if args.epochs_scale <= 0:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -49,6 +52,45 @@ def set_seed(seed: int) -> None:
     import keras  # lazy: TF start-up is slow and evaluate-only callers never need it
 
     keras.utils.set_random_seed(seed)
+
+
+# What TensorFlow's C++ side writes to stderr at import and device discovery on a machine without a
+# GPU: absl's preamble, "Could not find cuda drivers", "failed call to cuInit: ... (303)", the CPU
+# feature notice. Harmless, but it reads like a crash to a new user. TF 2.21 logs it through absl,
+# which TF_CPP_MIN_LOG_LEVEL does not silence, so it is filtered at the file descriptor.
+_NO_GPU_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog|cudart_stub\.cc|cuda_platform\.cc|cuda_executor\.cc"
+    r"|Could not find cuda drivers|failed call to cuInit|cpu_feature_guard\.cc|To enable the following instructions"
+    r"|Unable to register cu(DNN|FFT|BLAS) factory|computation placer already registered|oneDNN custom operations"
+)
+
+
+def import_tensorflow_quietly() -> list[str]:
+    """Import TensorFlow and find its devices with stderr captured; on a machine where it finds no
+    GPU, drop the CUDA-absence notices and pass every other line through. Returns the lines dropped.
+
+    Called once by the training entry point before a model module imports Keras; where a GPU is
+    found, everything TensorFlow said is shown unchanged.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        lines = captured.read().decode("utf-8", "replace").splitlines()
+    dropped = [line for line in lines if not gpus and _NO_GPU_NOISE.search(line)]
+    kept = [line for line in lines if line not in dropped]
+    if kept:
+        print("\n".join(kept), file=sys.stderr)
+    return dropped
 
 
 def configure_cpu(threads: int | None = None) -> int:

