@@ -36,8 +36,13 @@ class Steady:
 
     config: ProfileConfig
 
+    stop_reason: str | None = None
+
     def tick(self, elapsed: float, measure: Measure) -> Tick:
-        return None if elapsed >= self.config.duration else (self.config.users, self.config.spawn_rate)
+        if elapsed >= self.config.duration:
+            self.stop_reason = f"ran the full {self.config.duration:g} s"
+            return None
+        return self.config.users, self.config.spawn_rate
 
 
 @dataclass
@@ -51,6 +56,7 @@ class Step:
     config: ProfileConfig
     steps: list[tuple[int, float, float | None]] = field(default_factory=list)  # (users, req/s, p99 ms)
     crossed: bool = False
+    stop_reason: str | None = None
 
     @property
     def step_users(self) -> int:
@@ -78,6 +84,10 @@ class Step:
         while len(self.steps) < step and not self.crossed:
             self._finish_step(measure)
         if self.crossed or elapsed >= self.config.duration or step >= self.step_count:
+            if self.stop_reason is None and not self.crossed:
+                self.stop_reason = (
+                    f"all {self.step_count} steps ran" if step >= self.step_count else f"ran the full {self.config.duration:g} s"
+                )
             return None
         return self.users_at(step), max(self.config.spawn_rate, float(self.step_users))
 
@@ -91,6 +101,10 @@ class Step:
             self.crossed = True
             knee = f"{self.knee:.1f} req/s" if self.knee is not None else "below the first step"
             log.info("p99 %.0f ms crossed the %.0f ms limit at %d users; knee %s", p99, limit, users, knee)
+            self.stop_reason = (
+                f"p99 {p99:.0f} ms crossed the {limit:g} ms limit at {users} users "
+                f"(step {len(self.steps)} of {self.step_count}); knee {knee}"
+            )
 
 
 @dataclass
@@ -103,9 +117,12 @@ class Spike:
     def baseline(self) -> int:
         return max(1, self.config.users // 5)
 
+    stop_reason: str | None = None
+
     def tick(self, elapsed: float, measure: Measure) -> Tick:
         duration = self.config.duration
         if elapsed >= duration:
+            self.stop_reason = f"ran the full {duration:g} s"
             return None
         if 0.4 * duration <= elapsed < 0.6 * duration:
             return self.config.users, float(self.config.users)  # everyone within a second

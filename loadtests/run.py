@@ -23,9 +23,11 @@ import ipaddress
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
+import threading
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -306,6 +308,46 @@ def locust_command(
     ]  # fmt: skip
 
 
+# Lines of Locust's log shown as the run goes (all of it stays in locust.log): the shapes' progress
+# and step lines, why the run stops, and errors.
+_SHOWN = re.compile(r"/(INFO|WARNING|ERROR)/loadtests[.\w]*: (progress|step \d|p99 .* crossed|stopping|request budget|nothing to send|cannot)|/ERROR/")
+_STOPPING = re.compile(r"loadtests[.\w]*: (stopping after \d+ s: (?P<reason>.*)|(?P<budget>request budget of \d+ reached))")
+
+
+def run_locust(command: list[str], env: dict[str, str], log_path: Path, timeout: float) -> tuple[int, str | None]:
+    """Run Locust with its output in `log_path`, echoing progress lines; (exit status, why it stopped).
+
+    Exit status -1: killed after `timeout` seconds.
+    """
+    reason: str | None = None
+    with log_path.open("w") as log, subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as locust:
+        killed = threading.Event()
+
+        def kill() -> None:
+            killed.set()
+            locust.kill()
+
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+        try:
+            assert locust.stdout is not None
+            for line in locust.stdout:
+                log.write(line)
+                if _SHOWN.search(line):
+                    print("  " + line.split(": ", 1)[-1].rstrip(), flush=True)
+                stopping = _STOPPING.search(line)
+                if stopping:
+                    reason = stopping.group("reason") or stopping.group("budget")
+            returncode = locust.wait()
+        finally:
+            timer.cancel()
+    if killed.is_set():
+        return -1, f"killed: Locust did not stop within {timeout:g} s"
+    return returncode, reason
+
+
 def check_plan(target: str, models: str, data_dir: Path) -> None:
     """Fail before the run when the server is unreachable or nothing could be sent."""
     samples = load_samples(data_dir, limit=64)
@@ -401,20 +443,11 @@ def run(args: argparse.Namespace) -> int:
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
         }
-        with (out / "locust.log").open("wb") as log:
-            try:
-                done = subprocess.run(
-                    locust_command(args, target, rest_url, prefix, data_dir),
-                    cwd=REPO_ROOT,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    timeout=args.duration + GRACE_S,
-                    check=False,
-                )
-                returncode = done.returncode
-            except subprocess.TimeoutExpired:
-                returncode = -1
+        returncode, stop_reason = run_locust(
+            locust_command(args, target, rest_url, prefix, data_dir), env, out / "locust.log", args.duration + GRACE_S
+        )
+        unsaid = f"Locust ended without saying why (see {out / 'locust.log'})"
+        print(f"stopped: {stop_reason or unsaid}", flush=True)
         entries, total = read_stats(prefix)
         knee = knees(prefix, args.p99_ms) if args.shape == "step" else {}
         problems = summarize(args, entries, total, knee)

@@ -13,11 +13,15 @@ Without it (the web UI, the Kubernetes master) users and spawn rate are set by h
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 
 from locust import LoadTestShape
 
 from loadtests.profiles import PROFILES, Profile, ProfileConfig, Tick
+
+log = logging.getLogger("loadtests")
+PROGRESS_SECONDS = 10.0  # one progress line per this much run time (and one per step of the step shape)
 
 
 class ProfileShape(LoadTestShape):
@@ -28,6 +32,8 @@ class ProfileShape(LoadTestShape):
     def __init__(self) -> None:
         super().__init__()
         self.profile: Profile | None = None
+        self.next_progress = PROGRESS_SECONDS
+        self.stopped = False
 
     def _option(self, name: str, default: Any) -> Any:
         assert self.runner is not None
@@ -61,6 +67,7 @@ class ProfileShape(LoadTestShape):
     def reset_time(self) -> None:
         super().reset_time()
         self.profile = None  # a new run starts from its first step
+        self.stopped = False
 
     def tick(self) -> Tick:
         if self.profile is None:
@@ -68,7 +75,21 @@ class ProfileShape(LoadTestShape):
             if name not in PROFILES:
                 raise ValueError(f"--shape must be one of {sorted(PROFILES)}, got {name!r}")
             self.profile = PROFILES[name](self.config())
-        return self.profile.tick(self.get_run_time(), self.measure)
+            self.next_progress = PROGRESS_SECONDS
+        elapsed = self.get_run_time()
+        tick = self.profile.tick(elapsed, self.measure)
+        if tick is None:
+            if not self.stopped:
+                self.stopped = True
+                log.info("stopping after %.0f s: %s", elapsed, self.profile.stop_reason or "the shape ended")
+        elif elapsed >= self.next_progress:
+            self.next_progress += PROGRESS_SECONDS
+            rps, p99 = self.measure()
+            assert self.runner is not None
+            failures = self.runner.stats.total.num_failures
+            shown = "-" if p99 is None else f"{p99:.0f}"
+            log.info("progress %3.0f s: %d users, %.1f req/s, p99 %s ms, %d failures", elapsed, tick[0], rps, shown, failures)
+        return tick
 
 
 class SteadyShape(ProfileShape):

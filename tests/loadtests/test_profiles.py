@@ -15,7 +15,9 @@ def test_steady_holds_then_stops() -> None:
     steady = Steady(ProfileConfig(users=8, spawn_rate=4, duration=30))
     assert steady.tick(0, never_measured) == (8, 4)
     assert steady.tick(29.9, never_measured) == (8, 4)
+    assert steady.stop_reason is None
     assert steady.tick(30, never_measured) is None
+    assert steady.stop_reason == "ran the full 30 s"
 
 
 def test_spike_jumps_in_the_middle_fifth() -> None:
@@ -25,6 +27,7 @@ def test_spike_jumps_in_the_middle_fifth() -> None:
     assert spike.tick(29.9, never_measured) == (20, 20.0)
     assert spike.tick(30, never_measured) == (4, 4.0)
     assert spike.tick(50, never_measured) is None
+    assert spike.stop_reason == "ran the full 50 s"
 
 
 def test_step_ramps_and_records_each_step() -> None:
@@ -37,6 +40,7 @@ def test_step_ramps_and_records_each_step() -> None:
     assert [users for users, _, _ in step.steps] == [6, 12, 18, 24]
     assert step.tick(60, lambda: next(measured)) is None
     assert step.knee == 131.0 and not step.crossed
+    assert step.stop_reason == "all 5 steps ran"
 
 
 def test_step_stops_when_p99_crosses_and_reports_the_knee() -> None:
@@ -51,6 +55,7 @@ def test_step_stops_when_p99_crosses_and_reports_the_knee() -> None:
     assert second == 30 and step.crossed
     assert step.steps == [(10, 100.0, 10.0), (20, 180.0, 30.0), (30, 190.0, 75.0)]
     assert step.knee == 180.0
+    assert step.stop_reason == "p99 75 ms crossed the 50 ms limit at 30 users (step 3 of 4); knee 180.0 req/s"
 
 
 @pytest.mark.parametrize(("duration", "seconds"), [(20, MIN_STEP_SECONDS), (200, 40.0)])

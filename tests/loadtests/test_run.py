@@ -30,6 +30,7 @@ def test_smoke_run_against_the_tiny_server(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr + (out / "locust.log").read_text()
     assert time.monotonic() - started < 60
     assert "workload: digits:serving_default x3" in done.stdout
+    assert "stopped: ran the full 8 s" in done.stdout.splitlines()  # said on the console, not only in locust.log
     assert "absent" not in done.stdout and "catdog: not served, skipped" in done.stdout
     summary = json.loads((out / "summary.json").read_text())
     rows = {(e["type"], e["name"]): e for e in summary["entries"]}
