@@ -1,5 +1,8 @@
 """`python -m export <model> [--run runs/<model>] [--models-dir models]`: publish the next model version.
 
+`python -m export convert --model-dir PATH --name NAME`: the same for the user's own Keras model or
+SavedModel (`export/convert.py`).
+
 Each model contributes a *spec builder* `(run_dir, data_dir) -> ExportSpec` (labels, signatures,
 parity data and tolerances); `EXPORTERS` maps the model name to it as `"module:function"`, imported
 lazily. The digits builder lives here; catdog and sentiment add `export/catdog.py` and
@@ -125,8 +128,15 @@ def describe(published: Any) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["convert"]:  # the user's own model: export/convert.py
+        from export.convert import main as convert
+
+        return convert(argv[1:], DEFAULT_MODELS_DIR, describe)
     parser = argparse.ArgumentParser(
-        prog="python -m export", description="Publish the next version of a model."
+        prog="python -m export",
+        description="Publish the next version of a model; `python -m export convert --help`: your own "
+        "Keras model or SavedModel.",
     )
     parser.add_argument("model", choices=sorted(EXPORTERS))
     parser.add_argument("--run", type=Path, help="training run folder (default: runs/<model>)")
@@ -134,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--models-dir", type=Path, default=DEFAULT_MODELS_DIR, help="model repository (default: models)"
     )
     parser.add_argument("--data-dir", help="folder with the datasets (default: $DATA_DIR or ../shared/data)")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
 
     from training.common import configure_cpu
 

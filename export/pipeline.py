@@ -10,9 +10,12 @@ then does, in `models/<name>/.tmp-<v>/`:
    (opset <= 18, batch dimension left dynamic, ONNX input/output names equal to the signature's).
 3. Extra checks the spec brings (e.g. Grad-CAM against `tf.GradientTape`), then `check_parity`:
    the reloaded SavedModel signature and ONNX Runtime on the same real inputs, at every batch size.
-4. `write_manifest` (`serving.manifest`) with labels, input/output specs, metrics, parity figures,
+4. `write_warmup_requests`: `assets.extra/tf_serving_warmup_requests`, TF Serving's warm-up file
+   (a TFRecord of PredictionLogs): a few of the parity inputs per signature, replayed before the
+   version serves, by this server and by stock TF Serving alike (see `serving.warmup`).
+5. `write_manifest` (`serving.manifest`) with labels, input/output specs, metrics, parity figures,
    producer versions and the sha256 of every file, written last.
-5. Rename `.tmp-<v>` to `<v>` (v = largest existing integer version + 1).
+6. Rename `.tmp-<v>` to `<v>` (v = largest existing integer version + 1).
 
 Any failure (a parity check above its tolerance included) raises and removes the temporary folder:
 a version that fails its checks is never published and the server never sees half a version.
@@ -45,6 +48,7 @@ from serving.manifest import (
     sha256_file,
     write_manifest,
 )
+from serving.warmup import WARMUP_FILE, predict_log, write_records
 
 DEFAULT_OPSET = 17
 MAX_OPSET = 18
@@ -311,6 +315,32 @@ def signature_manifest(signature: Signature, concrete: Any) -> SignatureManifest
 # ----------------------------------------------------------------------------------------- pipeline
 
 
+# Rows of the warm-up requests written per signature: one single-row request and one batch.
+WARMUP_ROWS = (1, 4)
+
+
+def write_warmup_requests(directory: Path, spec: ExportSpec) -> Path | None:
+    """Step 4: TF Serving's warm-up file, `assets.extra/tf_serving_warmup_requests`, one PredictLog
+    per request: for each SavedModel signature that has parity inputs (real examples: images, image
+    bytes, text), the first row and the first few rows. Signatures only the ONNX server offers
+    (`explainers`) are left out: stock TF Serving would fail the version on a signature it lacks.
+    None when there is nothing to write."""
+    served = {signature.name for signature in spec.signatures}
+    records: list[bytes] = []
+    written: set[str] = set()
+    for check in spec.parity:
+        if check.signature not in served or check.signature in written:
+            continue
+        written.add(check.signature)
+        available = min(len(value) for value in check.inputs.values())
+        for rows in sorted({min(rows, available) for rows in WARMUP_ROWS}):
+            inputs = {name: np.asarray(value[:rows]) for name, value in check.inputs.items()}
+            records.append(predict_log(inputs, check.signature, spec.name).SerializeToString())
+    if not records:
+        return None
+    return write_records(directory / WARMUP_FILE, records)
+
+
 def build_version(spec: ExportSpec, directory: Path, version: int) -> Manifest:
     """Steps 1-4 into `directory` (which must not exist yet); raises on any failed check."""
     concrete = save_saved_model(directory, spec.trackable, spec.signatures)
@@ -329,6 +359,7 @@ def build_version(spec: ExportSpec, directory: Path, version: int) -> Manifest:
     failed = [result for result in parity if not result["passed"]]
     if failed:
         raise ParityError(f"ONNX Runtime and the SavedModel disagree: {failed}")
+    write_warmup_requests(directory, spec)
     manifest = Manifest(
         name=spec.name,
         version=version,

@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from serving.config import ConfigError, parse_args
+from serving.config import ConfigError, log_ignored, parse_args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -19,6 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"serve: {exc}", file=sys.stderr)
         return 2
+    log_ignored(config)  # once per server, not once per worker
     if config.workers > 1:
         from serving.workers import run_workers
 
@@ -27,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         asyncio.run(serve(config))
-    except OSError as exc:  # e.g. the port is taken
+    except (OSError, ConfigError) as exc:  # the port is taken; a config the models refute (labels)
         logging.getLogger("serving").error("cannot start: %s", exc)
         return 1
     return 0

@@ -8,6 +8,21 @@ every caller in it with the cause; a result whose row count does not
 match the batch is an error, never a silent mix-up. Only requests whose tensors agree on everything
 but the batch dimension share a batch. With `allowed_batch_sizes`, a batch is padded up to the next
 allowed size (repeating its last row) so the engine sees only a few shapes.
+
+TF Serving's BatchingParameters, as its batching session reads them:
+- `max_batch_size` is the largest request (the data plane refuses bigger ones with TF Serving's
+  "Task size N is larger than maximum input batch size M") and, without splitting, the largest batch.
+- `enable_large_batch_splitting`: a request bigger than `max_execution_batch_size` (default
+  max_batch_size) is split into pieces, the first one filling the room left in the batch being
+  formed and the others at most `max_execution_batch_size` rows each; the pieces run in separate
+  batches (in parallel when engine slots are free) and the caller gets their outputs joined in order.
+  A failed piece fails the request. Batches never exceed `max_execution_batch_size` rows.
+- `max_enqueued_batches` x the batch size bounds the rows waiting (RESOURCE_EXHAUSTED beyond);
+  `num_batch_threads` engine calls run at once; `batch_timeout_micros` bounds the wait for a batch.
+- `pad_variable_length_inputs`: requests whose tensors differ in non-batch dimensions (same name,
+  dtype and rank) share a batch; each tensor is padded at the end of every such dimension, with its
+  own first element as TF Serving does, to the largest size in the batch, and every caller gets its
+  rows of the padded batch's outputs (whose non-batch shape may then be larger than it would be alone).
 """
 
 from __future__ import annotations
@@ -15,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -31,9 +46,21 @@ RunBatch = Callable[[Tensors], dict[str, np.ndarray]]
 Observer = Callable[[int, int, float], None]  # (rows, padded rows, seconds)
 
 
-def batch_key(inputs: Tensors) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
-    """Requests batch together only when names, dtypes and non-batch dimensions all agree."""
+def batch_key(inputs: Tensors, pad: bool = False) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+    """Requests batch together only when names, dtypes and non-batch dimensions all agree (with
+    `pad`, padding variable-length inputs: names, dtypes and ranks)."""
+    if pad:
+        return tuple(sorted((name, value.dtype.str, (value.ndim,)) for name, value in inputs.items()))
     return tuple(sorted((name, value.dtype.str, value.shape[1:]) for name, value in inputs.items()))
+
+
+def pad_to(value: np.ndarray, dims: Sequence[int]) -> np.ndarray:
+    """`value` grown at the end of each non-batch dimension to `dims`, filled with its first element."""
+    if tuple(value.shape[1:]) == tuple(dims):
+        return value
+    padded = np.full((value.shape[0], *dims), value.flat[0], dtype=value.dtype)
+    padded[tuple(slice(0, size) for size in value.shape)] = value
+    return padded
 
 
 def rows_of(inputs: Tensors) -> int:
@@ -70,10 +97,12 @@ class Batcher:
         self._free_slots = config.num_batch_threads
         self._tasks: set[asyncio.Task[None]] = set()
         self.queued_rows = 0
+        # The most rows of one engine call: max_execution_batch_size with splitting.
+        self._limit = config.execution_batch_size
 
     @property
     def _max_queued_rows(self) -> int:
-        return self.config.max_batch_size * self.config.max_enqueued_batches
+        return self._limit * self.config.max_enqueued_batches
 
     async def submit(self, inputs: Tensors) -> dict[str, np.ndarray]:
         """Queue one request's tensors; returns its own rows of the batched result."""
@@ -82,7 +111,9 @@ class Batcher:
             raise ResourceExhausted(
                 f"batch queue is full ({self.queued_rows} rows waiting, limit {self._max_queued_rows}); retry later"
             )
-        key = batch_key(inputs)
+        key = batch_key(inputs, self.config.pad_variable_length_inputs)
+        if rows > self._limit and self.config.enable_large_batch_splitting:
+            return await self._submit_split(key, inputs, rows)
         if (
             self.config.batch_timeout_micros == 0
             and key not in self._queues
@@ -93,6 +124,9 @@ class Batcher:
             # it now, exactly as an unbatched request would (a batch of one through the queue costs
             # a future and a loop turn, and gains nothing).
             return self._run_now(inputs, rows)
+        return await self._enqueue(key, inputs, rows)
+
+    def _enqueue(self, key: tuple[object, ...], inputs: Tensors, rows: int) -> asyncio.Future[dict[str, np.ndarray]]:
         pending = _Pending(inputs, rows, asyncio.get_running_loop().create_future())
         self._queues.setdefault(key, []).append(pending)
         self.queued_rows += rows
@@ -101,7 +135,42 @@ class Batcher:
             # (several streams arrive in one read) share a batch even on an idle engine.
             self._scheduled.add(key)
             asyncio.get_running_loop().call_soon(self._on_scheduled, key)
-        return await pending.future
+        return pending.future
+
+    async def _submit_split(self, key: tuple[object, ...], inputs: Tensors, rows: int) -> dict[str, np.ndarray]:
+        """A request over the execution batch size, as pieces in separate batches, joined again."""
+        futures = []
+        start = 0
+        for size in self._piece_sizes(key, rows):
+            piece = {name: value[start : start + size] for name, value in inputs.items()}
+            futures.append(self._enqueue(key, piece, size))
+            start += size
+        # Every piece is awaited (none is left with an unretrieved error); the first failure wins.
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        parts = [r for r in results if not isinstance(r, BaseException)]
+        names = parts[0].keys()
+        if self.config.pad_variable_length_inputs:
+            # Pieces ran in different batches, padded to different sizes: join at the largest.
+            dims = {n: tuple(max(p[n].shape[a] for p in parts) for a in range(1, parts[0][n].ndim)) for n in names}
+            parts = [{n: pad_to(p[n], dims[n]) for n in names} for p in parts]
+        return {name: np.concatenate([part[name] for part in parts]) for name in names}
+
+    def _piece_sizes(self, key: tuple[object, ...], rows: int) -> list[int]:
+        """TF Serving's split: the first piece fills the room left in the batch now being formed
+        (the queue's last batch, as `_dispatch` will cut it), the rest are full batches and a tail."""
+        fill = 0
+        for pending in self._queues.get(key, ()):
+            fill = pending.rows if fill + pending.rows > self._limit else fill + pending.rows
+        room = self._limit - fill if 0 < fill < self._limit else self._limit
+        sizes = [min(room, rows)]
+        left = rows - sizes[0]
+        while left > 0:
+            sizes.append(min(self._limit, left))
+            left -= sizes[-1]
+        return sizes
 
     def _run_now(self, inputs: Tensors, rows: int) -> dict[str, np.ndarray]:
         padded = self._padded(rows)
@@ -128,15 +197,15 @@ class Batcher:
         while queue and self._free_slots > 0:
             timeout = self.config.batch_timeout_micros / 1e6
             waited = time.perf_counter() - queue[0].enqueued
-            if sum(p.rows for p in queue) < self.config.max_batch_size and waited < timeout:
+            if sum(p.rows for p in queue) < self._limit and waited < timeout:
                 if key not in self._timers:
                     self._timers[key] = loop.call_later(timeout - waited, self._on_timer, key)
                 return
-            # Take whole requests up to max_batch_size rows; a single request larger than the
-            # limit runs on its own rather than being refused.
+            # Take whole requests up to the batch size limit; a single request larger than the
+            # limit (the data plane refuses those, or they were split) would run on its own.
             batch = [queue.pop(0)]
             rows = batch[0].rows
-            while queue and rows + queue[0].rows <= self.config.max_batch_size:
+            while queue and rows + queue[0].rows <= self._limit:
                 rows += queue[0].rows
                 batch.append(queue.pop(0))
             if self._inline(self._padded(rows), len(batch)):
@@ -222,6 +291,13 @@ class Batcher:
 
     def _concat_and_run(self, parts: list[Tensors], rows: int, padded: int) -> dict[str, np.ndarray]:
         """One engine call on the requests' tensors stacked (and padded to `padded` rows)."""
+        if self.config.pad_variable_length_inputs and len(parts) > 1:
+            # Same names, dtypes and ranks (the batch key); non-batch dimensions may differ.
+            dims = {
+                name: tuple(max(part[name].shape[axis] for part in parts) for axis in range(1, parts[0][name].ndim))
+                for name in parts[0]
+            }
+            parts = [{name: pad_to(value, dims[name]) for name, value in part.items()} for part in parts]
         if len(parts) == 1 and padded == rows:
             merged = dict(parts[0])
         else:

@@ -18,7 +18,7 @@ import itertools
 import math
 import secrets
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 
 from serving.errors import InvalidArgument
-from serving.proto import tensor_pb2
+from serving.proto import example_pb2, tensor_pb2
 
 DataType = tensor_pb2.DataType
 STRING = np.dtype(object)
@@ -70,6 +70,11 @@ _VALUE_FIELD: dict[int, str] = {
     tensor_pb2.DT_COMPLEX64: "scomplex_val",
     tensor_pb2.DT_COMPLEX128: "dcomplex_val",
     tensor_pb2.DT_STRING: "string_val",
+}
+
+# The wire tag of each typed field as one packed (length-delimited) record.
+_PACKED_TAG: dict[str, bytes] = {
+    field.name: bytes([field.number << 3 | 2]) for field in tensor_pb2.TensorProto.DESCRIPTOR.fields if field.number < 16
 }
 
 
@@ -178,10 +183,15 @@ def _fill(flat: np.ndarray, shape: tuple[int, ...], count: int, name: str) -> np
     return out.reshape(shape)
 
 
-def from_numpy(array: np.ndarray, proto: tensor_pb2.TensorProto | None = None) -> tensor_pb2.TensorProto:
+def from_numpy(
+    array: np.ndarray, proto: tensor_pb2.TensorProto | None = None, tensor_content: bool = True
+) -> tensor_pb2.TensorProto:
     """Encode an array: numeric through tensor_content, strings through string_val.
 
-    With `proto` (e.g. a response's map entry), fills it in place instead of building a copy.
+    With `tensor_content=False`, numeric values go in their typed field instead (`float_val`,
+    `int64_val`, ...), as TF Serving answers Predict unless `--enable_serialization_as_tensor_content`
+    (TensorFlow's `AsProtoField`). With `proto` (e.g. a response's map entry), fills it in place
+    instead of building a copy.
     """
     proto = tensor_pb2.TensorProto() if proto is None else proto
     if array.dtype.kind in "US":
@@ -190,9 +200,51 @@ def from_numpy(array: np.ndarray, proto: tensor_pb2.TensorProto | None = None) -
     proto.tensor_shape.dim.extend(tensor_pb2.TensorShapeProto.Dim(size=int(d)) for d in array.shape)
     if array.dtype == STRING:
         proto.string_val.extend(_as_bytes(v) for v in array.reshape(-1))
-    else:
+    elif tensor_content:
         proto.tensor_content = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    else:
+        _fill_value_field(array, proto)
     return proto
+
+
+def _fill_value_field(array: np.ndarray, proto: tensor_pb2.TensorProto) -> None:
+    """Numeric values into the dtype's typed repeated field (see `_VALUE_FIELD`)."""
+    field = _VALUE_FIELD[proto.dtype]
+    if array.dtype.kind in "fc" and array.dtype != np.float16:
+        # Packed fixed-width fields (float, double, complex pairs) hold the little-endian values
+        # themselves: parse them in as one length-delimited field, no per-element Python work.
+        payload = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+        proto.MergeFromString(_PACKED_TAG[field] + _varint(len(payload)) + payload)
+    elif array.dtype == np.float16:
+        proto.half_val.extend(array.reshape(-1).view(np.uint16).tolist())  # the bits, as TensorFlow stores them
+    else:
+        getattr(proto, field).extend(array.reshape(-1).tolist())
+
+
+def _varint(value: int) -> bytes:
+    """A protobuf base-128 varint."""
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def example_bytes(features: Mapping[str, np.ndarray]) -> bytes:
+    """A serialized tf.Example of `features` (float32 -> float_list, integers -> int64_list,
+    bytes -> bytes_list), as Classify and Regress feed a signature's `inputs` tensor."""
+    example = example_pb2.Example()
+    for name, values in features.items():
+        feature = example.features.feature[name]
+        flat = values.reshape(-1)
+        if values.dtype == STRING:
+            feature.bytes_list.value.extend(_as_bytes(v) for v in flat)
+        elif values.dtype.kind in "iub":
+            feature.int64_list.value.extend(flat.astype(np.int64).tolist())
+        else:
+            feature.float_list.value.extend(flat.astype(np.float32).tolist())
+    return example.SerializeToString(deterministic=True)
 
 
 def _as_bytes(value: object) -> bytes:
@@ -556,3 +608,35 @@ def json_ready(array: np.ndarray, binary: bool = False) -> Any:
     if array.ndim and (kind in "biu" or (kind == "f" and size <= 8)):
         return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
     return numpy_to_json(array, binary)
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def json_feature(name: str, value: Any) -> np.ndarray:
+    """One tf.Example feature of a REST :classify / :regress body, typed by its JSON values as TF
+    Serving types them (json_tensor.cc): numbers with a fraction or exponent -> float32, integers
+    and booleans -> int64, strings (UTF-8) and {"b64": ...} -> bytes. A value or a list of values.
+    Beyond TF Serving, which refuses both: nested lists are flattened (an image as [28][28][1], as
+    this project's clients send it), and integers among floats are taken as floats."""
+    values = list(_flatten(value)) if isinstance(value, list) else [value]
+    kinds = set()
+    for item in values:
+        if isinstance(item, int):  # bool is an int too: true -> 1, as TF Serving
+            kinds.add("int64")
+            if not isinstance(item, bool) and not _INT64_MIN <= item <= _INT64_MAX:
+                raise InvalidArgument(f"Feature: {name} has uint64_t element. Only int64_t is supported.")
+        elif isinstance(item, float):
+            kinds.add("float")
+        elif isinstance(item, str) or (isinstance(item, dict) and set(item) == {"b64"}):
+            kinds.add("bytes")
+        else:
+            kind = "null" if item is None else "object"
+            raise InvalidArgument(f"Feature: {name} has element with unexpected JSON type: {kind}")
+    if kinds == {"bytes"}:
+        return _json_strings(values, name)
+    if "bytes" in kinds:
+        raise InvalidArgument(f"Unexpected element type in feature: {name} expecting type: bytes")
+    if kinds == {"int64"}:
+        return np.asarray([int(v) for v in values], dtype=np.int64)
+    return np.asarray(values, dtype=np.float32)  # floats, or floats and integers (empty: no values)

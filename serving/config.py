@@ -1,17 +1,27 @@
 """Server configuration: `tensorflow_model_server`'s flags and config files, parsed once in `main()`.
 
-Flags keep TF Serving's names (`--port`, `--rest_api_port`, `--model_config_file`, ...) and accept
-both `--flag value` and `--flag=value` (`--enable_batching=true` too), so a deployment can swap the
-binary and keep its arguments. The three config files use TF Serving's protobuf text format.
-Everything ends up in frozen dataclasses; nothing here reads argv or the environment at import.
+Every flag of TF Serving 2.x's `model_servers/main.cc` is accepted with its name, type and default,
+so a deployment can swap the binary and keep its arguments: `--flag value` and `--flag=value`, and
+for booleans absl's forms too (`--flag`, `--flag=true`, `--flag=false`, `--noflag`). Those that mean
+something here are honoured (see `build_parser`); those that cannot (TensorFlow session, TPU, TF Lite
+and XLA options, ...) are accepted and named in one warning line at start (`ServerConfig.ignored`).
+An unknown flag is an error (exit status 2) that names the closest valid flag; prefixes of flag
+names are not taken for the flag. The four config files use TF Serving's protobuf text format, with
+every field of TF Serving's messages (fields without a meaning here are named in the same warning
+line when set). Everything ends up in frozen dataclasses; nothing here reads argv or the environment
+at import.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import difflib
+import logging
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NoReturn
 
 from google.protobuf import text_format
 
@@ -60,6 +70,17 @@ class BatchingConfig:
     num_batch_threads: int = 2
     allowed_batch_sizes: tuple[int, ...] = ()
     pad_variable_length_inputs: bool = False
+    # With splitting, max_batch_size is the largest request and max_execution_batch_size the
+    # largest engine call: bigger requests are split into pieces that run in separate batches.
+    enable_large_batch_splitting: bool = False
+    max_execution_batch_size: int = 0  # 0: max_batch_size
+
+    @property
+    def execution_batch_size(self) -> int:
+        """The most rows one engine call takes (the batch size limit of the queue)."""
+        if self.enable_large_batch_splitting and self.max_execution_batch_size > 0:
+            return self.max_execution_batch_size
+        return self.max_batch_size
 
 
 @dataclass(frozen=True)
@@ -114,12 +135,14 @@ class ServerConfig:
     rest_api_port: int = 8501
     backend: str = "onnx"
     onnx_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    onnx_require_accelerator: bool = False  # a version whose sessions got no accelerator fails to load
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     batching: BatchingConfig | None = None
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     grpc_max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     file_system_poll_wait_seconds: float = 1.0
+    model_config_file_poll_wait_seconds: float = 0.0  # > 0: re-read --model_config_file this often
     drain_seconds: float = 10.0
     lame_duck_seconds: float = 0.0
     model_config_file: Path | None = None
@@ -130,6 +153,17 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     auth_token_file: Path | None = None
     auth_exempt: tuple[str, ...] = ("health", "metrics")
+    # TF Serving flags with a meaning here (see build_parser for what each does).
+    rest_api_num_threads: int = 0  # REST parse threads for big bodies; 0: auto (one)
+    enable_model_warmup: bool = True
+    allow_version_labels_for_unavailable_models: bool = False
+    per_process_gpu_memory_fraction: float = 0.0  # of each CUDA device's memory; 0: no limit
+    # gRPC Predict answers numbers in tensor_content (else float_val, int64_val, ...: TF Serving's default)
+    enable_serialization_as_tensor_content: bool = False
+    # Classify/Regress on a SavedModel check the signature's method_name (TF Serving's flag)
+    enable_signature_method_name_check: bool = False
+    # Accepted flags and config fields that have no meaning here: named in one warning at start.
+    ignored: tuple[str, ...] = ()
 
 
 def parse_model_config_text(text: str, relative_to: Path | None = None) -> tuple[ModelConfig, ...]:
@@ -139,6 +173,9 @@ def parse_model_config_text(text: str, relative_to: Path | None = None) -> tuple
         text_format.Parse(text, message)
     except text_format.ParseError as exc:
         raise ConfigError(f"model config: {exc}") from exc
+    if message.WhichOneof("config") == "custom_model_config":
+        # TF Serving's own answer: its model server has no loader for custom configs either.
+        raise ConfigError("model config: ModelServer does not yet support custom model config.")
     models = []
     for raw in message.model_config_list.config:
         if not raw.name:
@@ -166,6 +203,21 @@ def parse_model_config_text(text: str, relative_to: Path | None = None) -> tuple
     return tuple(models)
 
 
+def unused_model_config_fields(text: str) -> tuple[str, ...]:
+    """The fields of a parseable model config file that are set but have no meaning here."""
+    message = config_pb2.ModelServerConfig()
+    text_format.Parse(text, message)
+    unused = []
+    for raw in message.model_config_list.config:
+        # Request logging (logging_config) is not implemented; model_type is deprecated in TF
+        # Serving and superseded by model_platform.
+        if raw.HasField("logging_config"):
+            unused.append(f"model_config_file: logging_config (model '{raw.name}')")
+        if raw.model_type:
+            unused.append(f"model_config_file: model_type (model '{raw.name}')")
+    return tuple(unused)
+
+
 def _version_policy(raw: config_pb2.ModelConfig) -> VersionPolicy:
     policy = raw.model_version_policy
     choice = policy.WhichOneof("policy_choice")
@@ -180,12 +232,18 @@ def _version_policy(raw: config_pb2.ModelConfig) -> VersionPolicy:
     return VersionPolicy()
 
 
-def parse_batching_text(text: str) -> BatchingConfig:
+def _batching_message(text: str) -> config_pb2.BatchingParameters:
     message = config_pb2.BatchingParameters()
     try:
         text_format.Parse(text, message)
     except text_format.ParseError as exc:
         raise ConfigError(f"batching parameters: {exc}") from exc
+    return message
+
+
+def parse_batching_text(text: str) -> BatchingConfig:
+    """TF Serving's BatchingParameters text; fields left out take TF Serving's defaults."""
+    message = _batching_message(text)
     defaults = BatchingConfig()
 
     def wrapped(name: str, default: int) -> int:
@@ -198,6 +256,8 @@ def parse_batching_text(text: str) -> BatchingConfig:
         num_batch_threads=wrapped("num_batch_threads", defaults.num_batch_threads),
         allowed_batch_sizes=tuple(int(v) for v in message.allowed_batch_sizes),
         pad_variable_length_inputs=message.pad_variable_length_inputs,
+        enable_large_batch_splitting=message.enable_large_batch_splitting.value,
+        max_execution_batch_size=wrapped("max_execution_batch_size", defaults.max_execution_batch_size),
     )
     if config.max_batch_size < 1 or config.num_batch_threads < 1 or config.max_enqueued_batches < 1:
         raise ConfigError(
@@ -205,12 +265,37 @@ def parse_batching_text(text: str) -> BatchingConfig:
         )
     if config.batch_timeout_micros < 0:
         raise ConfigError("batching parameters: batch_timeout_micros must be >= 0")
-    sizes = config.allowed_batch_sizes
-    if sizes and (list(sizes) != sorted(set(sizes)) or sizes[-1] != config.max_batch_size):
+    if message.HasField("max_execution_batch_size") and config.max_execution_batch_size < 1:
+        raise ConfigError("batching parameters: max_execution_batch_size must be >= 1")
+    execution = config.execution_batch_size
+    if config.enable_large_batch_splitting and execution > config.max_batch_size:
         raise ConfigError(
-            "batching parameters: allowed_batch_sizes must increase and end with max_batch_size"
+            "batching parameters: when enable_large_batch_splitting is true, max_batch_size must be "
+            f"greater than or equal to max_execution_batch_size ({config.max_batch_size} < {execution})"
+        )
+    sizes = config.allowed_batch_sizes
+    if sizes and list(sizes) != sorted(set(sizes)):
+        raise ConfigError("batching parameters: allowed_batch_sizes entries must be monotonically increasing")
+    if sizes and sizes[-1] != execution:
+        # TF Serving's rule: the largest allowed size is the largest batch the engine is given.
+        limit = "max_execution_batch_size" if config.enable_large_batch_splitting else "max_batch_size"
+        raise ConfigError(
+            f"batching parameters: last entry in allowed_batch_sizes must match {limit}; last entry "
+            f"was {sizes[-1]}; expected {execution}"
         )
     return config
+
+
+def unused_batching_fields(text: str) -> tuple[str, ...]:
+    """The fields of a batching parameters file that are set but have no meaning here."""
+    message = _batching_message(text)
+    unused = []
+    if message.HasField("thread_pool_name"):  # one pool per server here, unnamed
+        unused.append("batching_parameters_file: thread_pool_name")
+    if message.HasField("max_execution_batch_size") and not message.enable_large_batch_splitting.value:
+        # TF Serving reads it only with splitting on; so does this server.
+        unused.append("batching_parameters_file: max_execution_batch_size (enable_large_batch_splitting is off)")
+    return tuple(unused)
 
 
 def parse_monitoring_text(text: str) -> MonitoringConfig:
@@ -265,10 +350,44 @@ def _bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with TF Serving's flag rules: no prefix matching, and an unknown flag's error names
+    the closest valid one."""
+
+    def error(self, message: str) -> NoReturn:
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            message = self._unknown(message[len(prefix) :].split())
+        # Not argparse's usage text: with every TF Serving flag it would fill the screen.
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the flags)\n")
+
+    def _unknown(self, extras: list[str]) -> str:
+        known = sorted({o for a in self._actions for o in a.option_strings if o.startswith("--")})
+        parts = []
+        for token in extras:
+            if not token.startswith("-"):
+                continue  # the value of an unknown flag
+            name = token.split("=", 1)[0]
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            parts.append(f"{name} (did you mean {close[0]}?)" if close else name)
+        if not parts:
+            return f"unexpected argument(s) {' '.join(extras)}: flags are --name=value"
+        return f"unknown flag(s): {', '.join(parts)}"
+
+
+def _add_bool(add: Callable[..., argparse.Action], flag: str, default: bool, help_text: str) -> None:
+    """A boolean flag in absl's forms: --flag, --flag=true|false (or 1|0), --flag true, --noflag."""
+    name = flag[2:]
+    add(flag, type=_bool, nargs="?", const=True, default=default, metavar="BOOL", help=f"{help_text} (default {str(default).lower()})")
+    add(f"--no{name}", dest=name, action="store_false", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="serve",
-        description="Serve exported models over TensorFlow Serving's gRPC and REST APIs (ONNX Runtime).",
+        description="Serve exported models over TensorFlow Serving's gRPC and REST APIs (ONNX Runtime). "
+        "Every tensorflow_model_server flag is accepted; booleans also as --flag, --flag=false, --noflag.",
+        allow_abbrev=False,
     )
     add = parser.add_argument
     add("--port", type=int, default=ServerConfig.port, help="gRPC port (0 picks a free one)")
@@ -285,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model_config_file_poll_wait_seconds",
         type=float,
         default=0,
-        help="accepted for compatibility and ignored: the model list is read at start (new versions are found with --file_system_poll_wait_seconds)",
+        help="with --model_config_file: re-read that file this often (seconds) and serve exactly its "
+        "models, loading added ones and unloading removed ones without a restart (0: read only at start)",
     )
     add(
         "--file_system_poll_wait_seconds",
@@ -293,14 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=ServerConfig.file_system_poll_wait_seconds,
         help="how often to look for new versions (0: only at start)",
     )
-    add(
-        "--enable_batching",
-        type=_bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="batch concurrent requests",
-    )
+    _add_bool(add, "--enable_batching", False, "batch concurrent requests")
     add("--batching_parameters_file", default=None, help="TF Serving BatchingParameters text file")
     add(
         "--monitoring_config_file",
@@ -328,6 +441,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--onnx_providers",
         default=",".join(ServerConfig.onnx_providers),
         help="comma-separated ONNX Runtime providers, in order of preference",
+    )
+    _add_bool(
+        add,
+        "--onnx_require_accelerator",
+        ServerConfig.onnx_require_accelerator,
+        "fail to load a model version whose ONNX Runtime sessions get none of the accelerators in "
+        "--onnx_providers (not in this onnxruntime build, no device, CUDA libraries not found) instead "
+        "of running it on the CPU",
     )
     add(
         "--tensorflow_intra_op_parallelism",
@@ -372,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_security_flags(parser)
     _add_limit_flags(parser)
+    _add_tfserving_flags(parser)
     return parser
 
 
@@ -389,6 +511,121 @@ def _add_security_flags(parser: argparse.ArgumentParser) -> None:
         help="comma-separated endpoints that need no token: 'health' (gRPC health service), "
         "'metrics' (the Prometheus path), 'status' (model status and metadata); '' for none",
     )
+
+
+def _add_tfserving_flags(parser: argparse.ArgumentParser) -> None:
+    """TF Serving flags beyond the ones above: those with a meaning here, then the rest."""
+    group = parser.add_argument_group("TensorFlow Serving", "tensorflow_model_server's other flags")
+    add = group.add_argument
+    add(
+        "--rest_api_num_threads",
+        type=int,
+        default=ServerConfig.rest_api_num_threads,
+        help="threads that parse REST bodies of 1 MiB and more (smaller ones are parsed on the event "
+        "loop); 0 (auto): one, so the loop waits for at most one parse call at a time",
+    )
+    _add_bool(add, "--enable_model_warmup", ServerConfig.enable_model_warmup, "warm every version up before it serves (assets.extra/tf_serving_warmup_requests when present)")
+    add(
+        "--tensorflow_session_parallelism",
+        type=int,
+        default=0,
+        help="engine threads, intra- and inter-op alike, when neither of those flags is set (0: auto)",
+    )
+    add(
+        "--per_process_gpu_memory_fraction",
+        type=float,
+        default=ServerConfig.per_process_gpu_memory_fraction,
+        help="with CUDAExecutionProvider: cap each model session's CUDA memory arena (ONNX Runtime "
+        "gpu_mem_limit) at this fraction of the device's memory (0: no cap)",
+    )
+    _add_bool(
+        add,
+        "--allow_version_labels_for_unavailable_models",
+        ServerConfig.allow_version_labels_for_unavailable_models,
+        "allow a new version label to name a version that is not AVAILABLE (yet); without it such a "
+        "label is refused, as in TF Serving",
+    )
+    add(
+        "--grpc_max_threads",
+        type=int,
+        default=0,
+        help="TF Serving's gRPC thread cap (one thread per running call there); here it caps the calls "
+        "running at once, as --grpc_max_concurrent_rpcs does, unless that flag is given too "
+        "(0: --grpc_max_concurrent_rpcs alone)",
+    )
+    _add_bool(add, "--enable_grpc_healthcheck_service", False, "accepted; grpc.health.v1 is always served here (probes and readiness use it)")
+    _add_bool(
+        add,
+        "--enable_serialization_as_tensor_content",
+        ServerConfig.enable_serialization_as_tensor_content,
+        "gRPC Predict answers numeric outputs as packed tensor_content bytes (default: in the typed "
+        "fields float_val, int64_val, ..., as TF Serving does)",
+    )
+    _add_bool(
+        add,
+        "--enable_signature_method_name_check",
+        ServerConfig.enable_signature_method_name_check,
+        "Classify and Regress on a SavedModel require the signature's method_name to match, as TF Serving",
+    )
+    _add_bool(add, "--version", False, "print the version and exit")
+    for flag, kind, default, what in _UNUSED_FLAGS:
+        help_text = f"accepted and not used here ({what}); named in the start-up warning when given"
+        if kind is bool:
+            _add_bool(add, flag, bool(default), help_text)
+        else:
+            add(flag, type=kind, default=default, help=f"{help_text} (TF Serving's default {default!r})")
+
+
+# TF Serving flags that cannot mean anything here: (flag, type, TF Serving's default, what it does
+# there). Accepted, so a TF Serving command line starts; the ones given are named in one warning.
+_UNUSED_FLAGS: tuple[tuple[str, type, object, str], ...] = (
+    ("--grpc_socket_path", str, "", "gRPC on a UNIX socket"),
+    ("--rest_api_enable_cors_support", bool, False, "CORS headers on REST answers"),
+    ("--enable_per_model_batching_parameters", bool, False, "batching_params.pbtxt inside SavedModels"),
+    ("--num_load_threads", int, 0, "the servable loading pool"),
+    ("--num_unload_threads", int, 0, "the servable unloading pool"),
+    ("--max_num_load_retries", int, 5, "load retries; here a failed version is retried when its files change"),
+    ("--load_retry_interval_micros", int, 60_000_000, "the pause between load retries"),
+    ("--flush_filesystem_caches", bool, True, "TensorFlow filesystem caches"),
+    ("--tensorflow_session_config_file", str, "", "a TensorFlow ConfigProto"),
+    ("--use_alts_credentials", bool, False, "Google ALTS credentials"),
+    ("--platform_config_file", str, "", "a TensorFlow PlatformConfigMap"),
+    ("--saved_model_tags", str, "", "SavedModel meta graph tags"),
+    ("--num_request_iterations_for_warmup", int, 0, "warm-up replays per request"),
+    ("--remove_unused_fields_from_bundle_metagraph", bool, True, "a TensorFlow memory saving"),
+    ("--prefer_tflite_model", bool, False, "TF Lite models"),
+    ("--use_tflite_model", bool, False, "TF Lite models (TF Serving 2.0-2.2)"),
+    ("--num_tflite_pools", int, 0, "TF Lite interpreter pools (TF Serving's default: one per CPU)"),
+    ("--num_tflite_interpreters_per_pool", int, 1, "TF Lite interpreters"),
+    ("--xla_cpu_compilation_enabled", bool, False, "TensorFlow XLA JIT"),
+    ("--xla_gpu_compilation_enabled", bool, False, "TensorFlow XLA JIT"),
+    ("--enable_profiler", bool, True, "the TensorFlow profiler service"),
+    ("--thread_pool_factory_config_file", str, "", "TensorFlow thread pools"),
+    ("--mixed_precision", str, "", "TensorFlow bfloat16 mixed precision"),
+    ("--skip_initialize_tpu", bool, False, "TPU initialisation"),
+)
+
+
+def _given_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """The dests of the flags that appear in `argv` (in any form, --noflag included)."""
+    actions = parser._option_string_actions
+    given = set()
+    for token in argv:
+        if token == "--":
+            break
+        action = actions.get(token.split("=", 1)[0]) if token.startswith("--") else None
+        if action is not None:
+            given.add(action.dest)
+    return given
+
+
+def _ignored_flags(args: argparse.Namespace, given: set[str]) -> list[str]:
+    """What the start-up warning names: the flags given that have no meaning here."""
+    ignored = [flag for flag, _, _, _ in _UNUSED_FLAGS if flag[2:] in given]
+    for flag in ("--enable_grpc_healthcheck_service",):
+        if flag[2:] in given and not getattr(args, flag[2:]):
+            ignored.append(f"{flag}=false (always on here)")
+    return ignored
 
 
 # (flag, Limits field, type, unit scale, help): every limit is a flag with its default in Limits.
@@ -432,13 +669,24 @@ def _limits(args: argparse.Namespace) -> Limits:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
-    """Flags -> ServerConfig; reads the config files they name. Raises ConfigError."""
-    args = build_parser().parse_args(argv)
+    """Flags -> ServerConfig; reads the config files they name. Raises ConfigError.
+
+    `--version` prints the version and exits (status 0); a bad flag exits with status 2 (argparse).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        print(version_text())
+        raise SystemExit(0)
+    ignored = _ignored_flags(args, given := _given_flags(parser, argv))
     config_file = Path(args.model_config_file).resolve() if args.model_config_file else None
     if config_file is not None:
         if args.model_name or args.model_base_path:
             raise ConfigError("use either --model_config_file or --model_name/--model_base_path, not both")
-        models = parse_model_config_text(_read(config_file, "--model_config_file"), config_file.parent)
+        text = _read(config_file, "--model_config_file")
+        models = parse_model_config_text(text, config_file.parent)
+        ignored += unused_model_config_fields(text)
     elif args.model_base_path:
         models = (
             ModelConfig(name=args.model_name or "default", base_path=Path(args.model_base_path).resolve()),
@@ -448,11 +696,11 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
 
     batching = None
     if args.enable_batching:
-        batching = (
-            parse_batching_text(_read(Path(args.batching_parameters_file), "--batching_parameters_file"))
-            if args.batching_parameters_file
-            else BatchingConfig()
-        )
+        batching = BatchingConfig()
+        if args.batching_parameters_file:
+            text = _read(Path(args.batching_parameters_file), "--batching_parameters_file")
+            batching = parse_batching_text(text)
+            ignored += unused_batching_fields(text)
     monitoring = (
         parse_monitoring_text(_read(Path(args.monitoring_config_file), "--monitoring_config_file"))
         if args.monitoring_config_file
@@ -464,6 +712,14 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         raise ConfigError("--workers must be at least 1")
     if args.grpc_max_message_bytes < 1024:
         raise ConfigError("--grpc_max_message_bytes must be at least 1024")
+    intra, inter = _engine_threads(args)
+    if args.rest_api_num_threads < 0:
+        raise ConfigError("--rest_api_num_threads must be >= 0")
+    if not 0 <= args.per_process_gpu_memory_fraction <= 1:
+        raise ConfigError("--per_process_gpu_memory_fraction must be between 0.0 and 1.0")
+    limits = _limits(args)
+    if args.grpc_max_threads > 0 and "grpc_max_concurrent_rpcs" not in given:
+        limits = replace(limits, grpc_max_concurrent_rpcs=args.grpc_max_threads)
     if args.auth_token_file:
         from serving.auth import TokenFile  # checks the file now: a bad one is a start-up error
 
@@ -478,12 +734,14 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         rest_api_port=args.rest_api_port,
         backend=args.backend,
         onnx_providers=tuple(p.strip() for p in args.onnx_providers.split(",") if p.strip()),
-        intra_op_threads=args.tensorflow_intra_op_parallelism,
-        inter_op_threads=args.tensorflow_inter_op_parallelism,
+        onnx_require_accelerator=args.onnx_require_accelerator,
+        intra_op_threads=intra,
+        inter_op_threads=inter,
         batching=batching,
         monitoring=monitoring,
         grpc_max_message_bytes=args.grpc_max_message_bytes,
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+        model_config_file_poll_wait_seconds=max(args.model_config_file_poll_wait_seconds, 0.0),
         drain_seconds=args.drain_seconds,
         lame_duck_seconds=args.lame_duck_seconds,
         model_config_file=config_file,
@@ -493,10 +751,55 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         grpc_channel_arguments=parse_channel_arguments(args.grpc_channel_arguments),
         inline_engine_micros=args.inline_engine_micros,
         workers=args.workers,
-        limits=_limits(args),
+        limits=limits,
         auth_token_file=Path(args.auth_token_file).resolve() if args.auth_token_file else None,
         auth_exempt=_exempt(args.auth_exempt),
+        rest_api_num_threads=args.rest_api_num_threads,
+        enable_model_warmup=args.enable_model_warmup,
+        allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
+        per_process_gpu_memory_fraction=args.per_process_gpu_memory_fraction,
+        enable_serialization_as_tensor_content=args.enable_serialization_as_tensor_content,
+        enable_signature_method_name_check=args.enable_signature_method_name_check,
+        ignored=tuple(ignored),
     )
+
+
+def _engine_threads(args: argparse.Namespace) -> tuple[int, int]:
+    """(intra-op, inter-op) engine threads, by TF Serving's rule: the two flags when either is set,
+    otherwise --tensorflow_session_parallelism for both (0: auto)."""
+    intra, inter = args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism
+    session = args.tensorflow_session_parallelism
+    if min(intra, inter, session) < 0:
+        raise ConfigError("engine thread counts must be >= 0")
+    if intra > 0 and inter > 0 and session > 0:
+        raise ConfigError(
+            "Either configure --tensorflow_session_parallelism or (--tensorflow_intra_op_parallelism, "
+            "--tensorflow_inter_op_parallelism) separately. You cannot configure all."
+        )
+    if intra > 0 or inter > 0:
+        return intra, inter
+    return session, session
+
+
+def version_text() -> str:
+    """What `--version` prints, in TF Serving's two-line form."""
+    from importlib import metadata
+
+    from serving import __version__
+
+    try:
+        engine = f"ONNX Runtime {metadata.version('onnxruntime')}"
+    except metadata.PackageNotFoundError:
+        engine = "ONNX Runtime not installed"
+    return f"TensorFlow ModelServer: {__version__} (model-serving, a TF Serving drop-in)\nEngine: {engine}"
+
+
+def log_ignored(config: ServerConfig) -> None:
+    """The one start-up warning naming what was accepted but has no meaning here (if anything)."""
+    if config.ignored:
+        logging.getLogger("serving").warning(
+            "accepted for TF Serving compatibility but not used here: %s", ", ".join(config.ignored)
+        )
 
 
 _EXEMPTABLE = ("health", "metrics", "status")

@@ -1,7 +1,7 @@
 """The one data plane between the protocols and the engines.
 
-gRPC and REST both decode their wire format into numpy and call `predict`, `classify`, `metadata`
-or `status` here. A request is validated fully (model, version, signature, input names, dtypes,
+gRPC and REST both decode their wire format into numpy and call `predict`, `classify`, `regress`,
+`multi_inference`, `metadata` or `status` here. A request is validated fully (model, version, signature, input names, dtypes,
 shapes, sizes, finite values) and prepared (images decoded, text tokenized) before it reaches a
 batch queue, so one bad request can never fail a batch that other callers share.
 """
@@ -16,13 +16,15 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
+from google.protobuf import text_format
 
 from serving.backends import Backend, Signature, TensorMeta
 from serving.batching import Batcher, rows_of
-from serving.codec import STRING, dtype_name
+from serving.codec import STRING, data_type, dtype_name, example_bytes
 from serving.config import BatchingConfig, Limits
-from serving.errors import FailedPrecondition, InvalidArgument
+from serving.errors import FailedPrecondition, InvalidArgument, Unimplemented
 from serving.metrics import Metrics
+from serving.proto import tensor_pb2
 from serving.repository import ModelVersion, Repository
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -83,15 +85,21 @@ def _check_tensor(name: str, value: np.ndarray, meta: TensorMeta, max_string_byt
         raise InvalidArgument(
             f"input '{name}' must be {dtype_name(meta.dtype)}, got {dtype_name(value.dtype)}"
         )
-    if value.ndim != len(meta.shape):
-        raise InvalidArgument(
-            f"input '{name}' must have rank {len(meta.shape)} (shape {_shape(meta.shape)}), got shape {list(value.shape)}"
-        )
-    for axis, (want, got) in enumerate(zip(meta.shape, value.shape, strict=True)):
-        if want >= 0 and want != got:
+    if getattr(meta, "any_shape", False):
+        # The engine takes any shape here (a TF1 graph's feed, an unknown-rank input: see
+        # `serving.backends.tensorflow_backend.GraphTensor`); only the batch axis is needed.
+        if value.ndim == 0:
+            raise InvalidArgument(f"input '{name}' is a scalar: it needs a batch dimension")
+    else:
+        if value.ndim != len(meta.shape):
             raise InvalidArgument(
-                f"input '{name}' must have shape {_shape(meta.shape)}, got {list(value.shape)} (axis {axis})"
+                f"input '{name}' must have rank {len(meta.shape)} (shape {_shape(meta.shape)}), got shape {list(value.shape)}"
             )
+        for axis, (want, got) in enumerate(zip(meta.shape, value.shape, strict=True)):
+            if want >= 0 and want != got:
+                raise InvalidArgument(
+                    f"input '{name}' must have shape {_shape(meta.shape)}, got {list(value.shape)} (axis {axis})"
+                )
     if value.shape[0] == 0:
         raise InvalidArgument(f"input '{name}' is an empty batch (0 rows)")
     if value.dtype.kind in "fc" and not np.isfinite(value).all():
@@ -121,6 +129,155 @@ def _describe(signature: Signature) -> str:
     return ", ".join(parts)
 
 
+# -- Classify / Regress / MultiInference ---------------------------------------------------------
+
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+# TF Serving's signature keys for them (TensorFlow's signature_constants).
+EXAMPLES_INPUT = "inputs"
+CLASSES_OUTPUT = "classes"
+SCORES_OUTPUT = "scores"
+REGRESS_OUTPUT = "outputs"
+
+# Examples as both protocols decode them: feature name -> values (float32, int64 or bytes objects),
+# one mapping per example, the context's features already merged in (an example's own win).
+Examples = Sequence[Mapping[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a Classify, a Regress or one MultiInference task asks for."""
+
+    model: str
+    signature: str  # "" means serving_default
+    method: str  # CLASSIFY_METHOD or REGRESS_METHOD (MultiInference: as the client sent it)
+
+
+@dataclass(frozen=True)
+class ExampleTask:
+    """A task checked against its signature, ready to run."""
+
+    signature: Signature
+    method: str
+    serialized: bool  # True: the serialized tf.Examples feed `inputs`; False: features feed inputs by name
+    outputs: tuple[str, ...]  # the outputs it reads
+    labels: tuple[str, ...] = ()  # class names of `probabilities` (ONNX classify)
+
+
+@dataclass(frozen=True)
+class TaskAnswer:
+    result: Result
+    method: str
+    classes: list[list[tuple[str, float]]] | None = None  # classify: (label, score) per class per example
+    values: list[float] | None = None  # regress: one per example
+
+
+def _examples_to_inputs(signature: Signature, examples: Examples) -> dict[str, np.ndarray]:
+    """Stack each feature over the examples into the signature input of the same name."""
+    names = set(examples[0])
+    if any(set(e) != names for e in examples):
+        raise InvalidArgument("all examples must have the same features")
+    inputs: dict[str, np.ndarray] = {}
+    for name in names:
+        meta = signature.inputs.get(name) or TensorMeta(STRING, (-1,))  # unknown names: validate_inputs says so
+        values = [e[name] for e in examples]
+        if (meta.dtype == STRING) != any(v.dtype == STRING for v in values):
+            raise InvalidArgument(
+                f"feature '{name}' must hold {'bytes' if meta.dtype == STRING else 'numbers'} for input "
+                f"'{name}' ({dtype_name(meta.dtype)})"
+            )
+        per_row = math.prod(d for d in meta.shape[1:]) if all(d >= 0 for d in meta.shape[1:]) else None
+        if meta.dtype == STRING:
+            if any(v.size != 1 for v in values):
+                raise InvalidArgument(f"feature '{name}' must hold exactly one bytes value per example")
+            stacked = np.empty(len(values), dtype=STRING)
+            stacked[:] = [v.reshape(-1)[0] for v in values]
+        else:
+            if per_row is None or any(v.size != per_row for v in values):
+                raise InvalidArgument(
+                    f"feature '{name}' must hold {per_row} values per example (shape {_shape(meta.shape)})"
+                )
+            stacked = np.stack([v.astype(meta.dtype).reshape(meta.shape[1:]) for v in values])
+        inputs[name] = stacked
+    return inputs
+
+
+def _labelled_classes(probabilities: np.ndarray, labels: tuple[str, ...]) -> list[list[tuple[str, float]]]:
+    return [[(labels[i], float(row[i])) for i in range(len(labels))] for row in probabilities]
+
+
+def _classifications(outputs: Mapping[str, np.ndarray], examples: int) -> list[list[tuple[str, float]]]:
+    """A classify signature's `classes` and/or `scores` as TF Serving reads them (classifier.cc)."""
+    classes, scores = outputs.get(CLASSES_OUTPUT), outputs.get(SCORES_OUTPUT)
+    for tensor, dtype, what in ((classes, STRING, "classes"), (scores, np.dtype(np.float32), "scores")):
+        if tensor is None:
+            continue
+        if tensor.ndim != 2:
+            raise InvalidArgument(
+                f"Expected Tensor shape: [batch_size num_classes] but got {_debug_shape(tensor.shape)}"
+            )
+        if tensor.dtype != dtype:
+            raise InvalidArgument(
+                f"Expected {what} Tensor of {_data_type_name(dtype)}. Got: {_data_type_name(tensor.dtype)}"
+            )
+        if tensor.shape[0] != examples:
+            raise InvalidArgument(f"Expected {what} output batch size of {examples}. Got: {tensor.shape[0]}")
+    if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
+        raise InvalidArgument(
+            f"Tensors class and score should match in dim_size(1). Got {classes.shape[1]} vs. {scores.shape[1]}"
+        )
+    count = (classes if classes is not None else scores).shape[1]  # type: ignore[union-attr]
+    return [
+        [
+            (
+                _label(classes[row, c]) if classes is not None else "",
+                float(scores[row, c]) if scores is not None else 0.0,
+            )
+            for c in range(count)
+        ]
+        for row in range(examples)
+    ]
+
+
+def _label(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _regressions(output: np.ndarray, examples: int) -> list[float]:
+    """A regress signature's output as TF Serving reads it (regressor.cc)."""
+    if not (output.ndim == 1 or (output.ndim == 2 and output.shape[1] == 1)):
+        raise InvalidArgument(
+            "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
+            f"{_debug_shape(output.shape)}"
+        )
+    if output.shape[0] != examples:
+        raise InvalidArgument(
+            f"Input batch size did not match output batch size: {examples} vs. {output.shape[0]}"
+        )
+    if output.dtype != np.float32:
+        raise InvalidArgument(f"Expected output Tensor of DT_FLOAT.  Got: {_data_type_name(output.dtype)}")
+    return [float(v) for v in output.reshape(-1)]
+
+
+def _debug_shape(shape: Sequence[int]) -> str:
+    """A shape as TensorFlow's TensorShape::DebugString writes it: [2,?,10]."""
+    return "[" + ",".join("?" if d < 0 else str(d) for d in shape) + "]"
+
+
+def _data_type_name(dtype: np.dtype) -> str:
+    try:
+        return tensor_pb2.DataType.Name(data_type(dtype))
+    except InvalidArgument:
+        return str(dtype)
+
+
+def _signature_text(signature: Signature) -> str:
+    """The SignatureDef in protobuf text format, as TF Serving's errors quote it."""
+    from serving.protocol.messages import signature_def  # not at import: serving.protocol imports this module
+
+    return text_format.MessageToString(signature_def(signature.name, signature))
+
+
 class DataPlane:
     def __init__(
         self,
@@ -131,8 +288,12 @@ class DataPlane:
         max_tensor_bytes: int = 1 << 30,
         inline_engine_seconds: float = 200e-6,
         limits: Limits | None = None,
+        signature_method_name_check: bool = False,
     ) -> None:
         self.repository = repository
+        # --enable_signature_method_name_check: Classify and Regress on a SavedModel need a
+        # signature of that method, not just one of the right form (TF Serving's default: off).
+        self.signature_method_name_check = signature_method_name_check
         self.metrics = metrics
         self.executor = executor
         self.batching = batching
@@ -197,7 +358,8 @@ class DataPlane:
         sig = self.signature_of(resolved, signature)
         rows = validate_inputs(sig, inputs, self.limits)
         if self.batching is not None and rows > self.batching.max_batch_size:
-            # TF Serving's answer (without large batch splitting, which is not offered here).
+            # TF Serving's answer: max_batch_size is the largest request, split or not (with
+            # enable_large_batch_splitting the batcher splits requests over max_execution_batch_size).
             raise InvalidArgument(
                 f"Task size {rows} is larger than maximum input batch size {self.batching.max_batch_size}"
             )
@@ -269,55 +431,195 @@ class DataPlane:
             version.batchers[signature] = batcher
         return batcher
 
-    # -- classify --------------------------------------------------------------------------------
+    # -- classify, regress, multi-inference ------------------------------------------------------
 
     async def classify(
         self,
         model: str,
-        examples: list[dict[str, np.ndarray]],
+        examples: Examples,
         *,
         version: int | None = None,
         label: str | None = None,
         signature: str = "",
     ) -> tuple[Result, list[list[tuple[str, float]]]]:
-        """Classify tf.Examples through a predict signature that returns `probabilities`.
+        """Classify tf.Examples; returns (label, score) per class for each example.
 
-        Each example's features are named like the signature's inputs; their values are stacked
-        into a batch. Returns (label, score) per class in label order, as TF Serving's Classify.
+        On a SavedModel, TF Serving's Classify: a classify signature (`inputs` -> `classes` and/or
+        `scores`) is fed the serialized examples. On an ONNX model (no tf.Example signature), each
+        example's features are named like the signature's inputs and stacked into a batch, and the
+        signature's `probabilities` are scored with the model's labels, in label order.
         """
-        if not examples:
-            raise InvalidArgument("Classify needs at least one example")
+        (answer,) = await self._run_tasks(model, [TaskSpec(model, signature, CLASSIFY_METHOD)], examples, version, label)
+        assert answer.classes is not None
+        return answer.result, answer.classes
+
+    async def regress(
+        self,
+        model: str,
+        examples: Examples,
+        *,
+        version: int | None = None,
+        label: str | None = None,
+        signature: str = "",
+    ) -> tuple[Result, list[float]]:
+        """Regress tf.Examples: one float per example.
+
+        On a SavedModel, TF Serving's Regress: a regress signature (`inputs` -> `outputs`) is fed
+        the serialized examples. On an ONNX model, a signature with one float32 output of shape [N]
+        or [N, 1] is fed the examples' features as its inputs (as `classify` does).
+        """
+        (answer,) = await self._run_tasks(model, [TaskSpec(model, signature, REGRESS_METHOD)], examples, version, label)
+        assert answer.values is not None
+        return answer.result, answer.values
+
+    async def multi_inference(
+        self,
+        tasks: Sequence[TaskSpec],
+        examples: Examples,
+        *,
+        version: int | None = None,
+        label: str | None = None,
+    ) -> list[TaskAnswer]:
+        """TF Serving's MultiInference: several classify/regress signatures of one model on the
+        same examples, answered in the order of `tasks`; `version` and `label` are the first
+        task's. Every task is checked before any runs (same model, distinct signatures, methods)."""
+        model = tasks[0].model if tasks else ""
+        return await self._run_tasks(model, tasks, examples, version, label, multi=True)
+
+    async def _run_tasks(
+        self,
+        model: str,
+        tasks: Sequence[TaskSpec],
+        examples: Examples,
+        version: int | None,
+        label: str | None,
+        multi: bool = False,
+    ) -> list[TaskAnswer]:
         resolved = self.repository.resolve(model, version, label)
-        sig = self.signature_of(resolved, signature)
-        if "probabilities" not in sig.outputs or not resolved.backend or not resolved.backend.labels:
-            raise FailedPrecondition(
-                f"signature '{sig.name}' of model '{model}' has no labelled 'probabilities' output to classify with"
-            )
-        names = set(examples[0])
-        if any(set(e) != names for e in examples):
-            raise InvalidArgument("all examples must have the same features")
-        inputs: dict[str, np.ndarray] = {}
-        for name in names:
-            meta = sig.inputs.get(name) or TensorMeta(STRING, (-1,))
-            values = [e[name] for e in examples]
-            per_row = math.prod(d for d in meta.shape[1:]) if all(d >= 0 for d in meta.shape[1:]) else None
-            if meta.dtype == STRING:
-                if any(v.size != 1 for v in values):
-                    raise InvalidArgument(f"feature '{name}' must hold exactly one bytes value per example")
-                stacked = np.empty(len(values), dtype=STRING)
-                stacked[:] = [v.reshape(-1)[0] for v in values]
-            else:
-                if per_row is None or any(v.size != per_row for v in values):
-                    raise InvalidArgument(
-                        f"feature '{name}' must hold {per_row} values per example (shape {_shape(meta.shape)})"
+        resolved.acquire()  # as in predict: the version stays open until every task has its answer
+        try:
+            planned = self._plan_multi(resolved, tasks) if multi else [self._plan(resolved, tasks[0])]
+            if not examples:
+                raise InvalidArgument("Input is empty.")  # TF Serving's words
+            serialized: np.ndarray | None = None
+            if any(task.serialized for task in planned):
+                serialized = np.empty(len(examples), dtype=STRING)
+                serialized[:] = [example_bytes(example) for example in examples]
+            answers = []
+            for task in planned:
+                if task.serialized:
+                    assert serialized is not None
+                    inputs = {EXAMPLES_INPUT: serialized}
+                else:
+                    inputs = _examples_to_inputs(task.signature, examples)
+                result = await self._predict(resolved, inputs, task.signature.name, task.outputs)
+                if task.method == CLASSIFY_METHOD:
+                    classes = (
+                        _classifications(result.outputs, len(examples))
+                        if task.serialized
+                        else _labelled_classes(result.outputs["probabilities"], task.labels)
                     )
-                stacked = np.stack([v.astype(meta.dtype).reshape(meta.shape[1:]) for v in values])
-            inputs[name] = stacked
-        labels = resolved.backend.labels  # read now: the version may be unloaded once predict returns
-        result = await self.predict(model, inputs, version=resolved.version, signature=sig.name)
-        probabilities = result.outputs["probabilities"]
-        classes = [[(labels[i], float(row[i])) for i in range(len(labels))] for row in probabilities]
-        return result, classes
+                    answers.append(TaskAnswer(result, task.method, classes=classes))
+                else:
+                    (output,) = result.outputs.values()
+                    answers.append(TaskAnswer(result, task.method, values=_regressions(output, len(examples))))
+            if multi:  # TF Serving counts examples for MultiInference only (multi_inference.cc)
+                self.metrics.observe_examples(resolved.name, len(examples))
+            return answers
+        finally:
+            resolved.release()
+
+    def _plan_multi(self, version: ModelVersion, tasks: Sequence[TaskSpec]) -> list[ExampleTask]:
+        """MultiInference's checks, in TF Serving's order and words (multi_inference.cc)."""
+        planned = []
+        seen: set[str] = set()
+        for task in tasks:
+            if not task.model:
+                raise InvalidArgument("Found ModelSpec with an empty model name.")
+            if task.model != version.name:
+                raise InvalidArgument("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+            name = task.signature or DEFAULT_SIGNATURE
+            if name in seen:
+                raise InvalidArgument(f"Duplicate evaluation of signature: {name}")
+            seen.add(name)
+            if name not in version.signatures():
+                raise InvalidArgument(f"Requested signature not found in model graph: {name}")
+            if task.method not in (CLASSIFY_METHOD, REGRESS_METHOD):
+                raise Unimplemented(f"Unsupported signature method_name: {task.method}")
+            planned.append(self._plan(version, task))
+        return planned
+
+    def _plan(self, version: ModelVersion, task: TaskSpec) -> ExampleTask:
+        """Check that `task.signature` can answer `task.method`, before anything runs."""
+        backend = version.backend
+        assert backend is not None  # resolve() returns AVAILABLE versions; the lease keeps it so
+        if backend.platform == "tensorflow":
+            return self._plan_signature_def(version, task)
+        return self._plan_features(version, task, backend.labels)
+
+    def _plan_signature_def(self, version: ModelVersion, task: TaskSpec) -> ExampleTask:
+        """A SavedModel signature, with TF Serving's checks and errors (classifier.cc, regressor.cc)."""
+        name = task.signature or DEFAULT_SIGNATURE
+        signatures = version.signatures()
+        if name not in signatures:
+            raise InvalidArgument(f"No signature was found with the name: {name}")
+        sig = signatures[name]
+        classify = task.method == CLASSIFY_METHOD
+        kind = "classification" if classify else "regression"
+        if self.signature_method_name_check and sig.method != task.method:
+            raise InvalidArgument(f"Expected {kind} signature method_name to be {task.method}. Was: {sig.method}")
+        if len(sig.inputs) != 1:
+            raise InvalidArgument("Expected one input Tensor.")
+        if classify and len(sig.outputs) not in (1, 2):
+            raise InvalidArgument(f"Expected one or two output Tensors, found {len(sig.outputs)}")
+        if not classify and len(sig.outputs) != 1:
+            raise InvalidArgument("Expected one output Tensor.")
+        if EXAMPLES_INPUT not in sig.inputs:
+            raise InvalidArgument(f"No {kind} inputs found in SignatureDef: {_signature_text(sig)}")
+        if classify:
+            outputs = tuple(key for key in (CLASSES_OUTPUT, SCORES_OUTPUT) if key in sig.outputs)
+            if not outputs:
+                raise InvalidArgument(
+                    f'Expected classification signature outputs to contain at least one of "{CLASSES_OUTPUT}" or '
+                    f'"{SCORES_OUTPUT}". Signature was: {_signature_text(sig)}'
+                )
+        else:
+            outputs = (REGRESS_OUTPUT,)
+            if REGRESS_OUTPUT not in sig.outputs:
+                raise InvalidArgument(f"No regression outputs found in SignatureDef: {_signature_text(sig)}")
+        given = sig.inputs[EXAMPLES_INPUT].dtype
+        if given != STRING:
+            # TensorFlow would refuse the string feed; say why in the request's terms.
+            raise InvalidArgument(
+                f"signature '{name}' takes '{EXAMPLES_INPUT}' as {dtype_name(given)}, not the serialized "
+                f"tf.Examples (string) that {'Classify' if classify else 'Regress'} feeds it: use Predict"
+            )
+        return ExampleTask(sig, task.method, serialized=True, outputs=outputs)
+
+    def _plan_features(self, version: ModelVersion, task: TaskSpec, labels: tuple[str, ...]) -> ExampleTask:
+        """An ONNX signature: features are fed as its inputs (see `_examples_to_inputs`)."""
+        sig = self.signature_of(version, task.signature)
+        if task.method == CLASSIFY_METHOD:
+            if "probabilities" not in sig.outputs or not labels:
+                raise FailedPrecondition(
+                    f"signature '{sig.name}' of model '{version.name}' has no labelled 'probabilities' output "
+                    "to classify with"
+                )
+            return ExampleTask(sig, task.method, serialized=False, outputs=("probabilities",), labels=labels)
+        if len(sig.outputs) != 1:
+            raise InvalidArgument(
+                f"Expected one output Tensor. Signature '{sig.name}' of model '{version.name}' has "
+                f"{sorted(sig.outputs)}"
+            )
+        ((output, meta),) = sig.outputs.items()
+        if meta.dtype != np.float32:
+            raise InvalidArgument(f"Expected output Tensor of DT_FLOAT.  Got: {_data_type_name(meta.dtype)}")
+        if not (len(meta.shape) == 1 or (len(meta.shape) == 2 and meta.shape[1] == 1)):
+            raise InvalidArgument(
+                "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
+                f"{_debug_shape(meta.shape)} (output '{output}' of signature '{sig.name}')"
+            )
+        return ExampleTask(sig, task.method, serialized=False, outputs=(output,))
 
     # -- metadata and status ---------------------------------------------------------------------
 

@@ -1,12 +1,15 @@
 """`manifest.json`: what one exported model version holds and how to serve it without TensorFlow.
 
 Written by `export/` (which imports this module), read by the ONNX backend and the repository.
+A version folder without one (the user's bare `model.onnx` or SavedModel) is served too, with
+nothing to check its files against (see `serving.backends.version_platform`).
 Schema (version 1), all keys required unless marked optional:
 
     {
       "schema_version": 1,
       "name": "digits", "version": 3, "created": "2026-11-27T05:00:00Z",
-      "task": "image_classification" | "text_classification",
+      "task": "image_classification" | "text_classification"   # ours
+              | "classification" | "prediction",             # `python -m export convert` (labels or not)
       "labels": ["0", ..., "9"],                      # class order of `probabilities`
       "producer": {"tensorflow": "2.21.0", "keras": "3.15.1", "tf2onnx": "1.17.0", "opset": 17},
       "signatures": {

@@ -17,7 +17,8 @@ working one:
   it is retried when its files change (the name, size, mtime and inode of every file under its
   folder, one `stat` each per poll, no reading), e.g. when a copy finishes or the version is
   re-published; each version is tried at most once per poll.
-- a folder without its marker file (`manifest.json` for ONNX, `saved_model.pb` for TensorFlow) is
+- a folder with nothing servable (no `manifest.json`, no bare `model.onnx` or SavedModel; under
+  `--backend onnx` a `model.onnx` beside a `saved_model.pb` waits for its manifest) is
   an export still being written: it is not loaded, and not reported, until the file appears (a
   warning says so once).
 Models are independent: one model's broken versions or unreadable folder never stop another's.
@@ -31,19 +32,25 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-
-from serving.backends import Backend, BackendOptions, Signature, load_backend
+from serving.backends import (
+    ONNX_FILE,
+    Backend,
+    BackendOptions,
+    Signature,
+    describe_runtime,
+    load_backend,
+    version_platform,
+)
 from serving.batching import Batcher
-from serving.codec import STRING
 from serving.config import ModelConfig
 from serving.errors import NotFound, Unavailable
 from serving.manifest import MANIFEST_FILE, VersionFilesError, read_manifest
+from serving.warmup import DEFAULT_WARMUP, WarmupSettings, find_dummy, replay
 
 log = logging.getLogger(__name__)
 
@@ -145,28 +152,92 @@ class Model:
     versions: dict[int, ModelVersion] = field(default_factory=dict)
     incomplete: set[int] = field(default_factory=set)  # version folders without their marker file
     sync_error: str = ""  # the last error of a whole-model sync (logged once)
+    # Readiness counts a model added at run time (`Repository.apply_config`) only once it has had
+    # an AVAILABLE version: loading it does not make a serving server unready, nor does a failure.
+    added_at_run_time: bool = False
+    ever_available: bool = False
+
+
+@dataclass(frozen=True)
+class ConfigChange:
+    """What `Repository.apply_config` did: model names added, removed, changed (policy, labels or
+    base path), and the added models that have no AVAILABLE version, with why."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    not_available: Mapping[str, str] = field(default_factory=dict)
+    # Done once the versions of removed models (and the old versions of a changed base path) are
+    # unloaded: they wait for the requests that hold them first.
+    retired: asyncio.Task[None] | None = None
 
 
 def marker_file(platform: str) -> str:
-    """The file whose presence says a version folder is complete for the backend in use."""
+    """The file a version folder that `version_complete` calls incomplete lacks, for the warning:
+    an export's manifest (ONNX), the SavedModel (TensorFlow)."""
     return MANIFEST_FILE if platform == "onnx" else "saved_model.pb"
 
 
+def version_complete(version_dir: Path, platform: str) -> bool:
+    """Whether the folder holds something an engine can serve: an export's manifest, a bare
+    `model.onnx` or a bare SavedModel (`serving.backends.version_platform` picks the engine)."""
+    return version_platform(version_dir, platform) is not None
+
+
+MAX_VERSION = 2**63 - 1  # versions are int64, as in TF Serving
+
+
+def version_number(folder_name: str) -> int | None:
+    """The version a folder name stands for, or None when it names none.
+
+    As TF Serving: the whole name is ASCII digits, leading zeros allowed (`00000123` is version
+    123, the folder name TF Serving's own test models use), and the number is a positive int64.
+    (`str.isdigit` alone would also take "²" or full-width digits.)"""
+    if not (folder_name.isascii() and folder_name.isdigit()):
+        return None
+    number = int(folder_name)
+    return number if 0 < number <= MAX_VERSION else None
+
+
+def version_folders(base_path: Path) -> dict[int, Path]:
+    """Version number -> its folder under `base_path`; OSError when it cannot be listed.
+
+    When two names mean one number (`123` and `0123`), the one without leading zeros wins, else
+    the first in sorted order: the choice does not depend on the order the OS lists them in."""
+    names: dict[int, list[str]] = {}
+    for child in base_path.iterdir():
+        number = version_number(child.name)
+        if number is not None and child.is_dir():
+            names.setdefault(number, []).append(child.name)
+    folders = {}
+    for number, candidates in names.items():
+        chosen = str(number) if str(number) in candidates else min(candidates)
+        folders[number] = base_path / chosen
+    return folders
+
+
+def version_folder(base_path: Path, version: int) -> Path:
+    """The folder of `version` by its real name (`.../00000123` for version 123); `base_path /
+    str(version)` when no folder names it or the base path cannot be listed."""
+    try:
+        return version_folders(base_path).get(version, base_path / str(version))
+    except OSError:
+        return base_path / str(version)
+
+
 def scan_versions(base_path: Path, platform: str) -> tuple[list[int], list[int]]:
-    """(complete, incomplete) integer-named version folders under `base_path`; OSError when it
-    cannot be listed (missing, not a folder, unreadable)."""
-    marker = marker_file(platform)
+    """(complete, incomplete) version numbers under `base_path` (folders named by `version_number`,
+    leading zeros allowed); OSError when it cannot be listed (missing, not a folder, unreadable)."""
     complete: list[int] = []
     incomplete: list[int] = []
-    for child in base_path.iterdir():
-        if child.is_dir() and child.name.isdigit() and child.name.isascii() and int(child.name) > 0:
-            (complete if (child / marker).is_file() else incomplete).append(int(child.name))
+    for number, folder in version_folders(base_path).items():
+        (complete if version_complete(folder, platform) else incomplete).append(number)
     return sorted(complete), sorted(incomplete)
 
 
 def discover_versions(base_path: Path, platform: str) -> list[int]:
-    """Integer-named subfolders that hold a complete export for the backend in use ([] when the
-    folder cannot be listed)."""
+    """Version numbers whose folders (leading zeros allowed) hold a complete export for the backend
+    in use ([] when the folder cannot be listed)."""
     try:
         return scan_versions(base_path, platform)[0]
     except OSError:
@@ -192,30 +263,42 @@ def fingerprint(version_dir: Path) -> Fingerprint:
 def check_version_files(version_dir: Path, platform: str) -> None:
     """Raise VersionFilesError unless the folder matches its manifest (see `serving.manifest`).
 
-    ONNX versions always have one (it is their marker); a TensorFlow SavedModel folder without a
-    manifest (stock TF Serving layout) has nothing to be checked against and is loaded as it is.
+    A folder without a manifest (the user's bare `model.onnx`, a stock TF Serving SavedModel) has
+    nothing to be checked against and is loaded as it is; without one, ONNX needs `model.onnx`.
     """
-    if platform == "onnx" or (version_dir / MANIFEST_FILE).exists():
+    bare_onnx = platform == "onnx" and (version_dir / ONNX_FILE).is_file()
+    if (version_dir / MANIFEST_FILE).exists() or (platform == "onnx" and not bare_onnx):
         read_manifest(version_dir, verify_files=True)
 
 
-def warm_up(backend: Backend, repeats: int = 3) -> dict[str, EngineCost]:
-    """Run every signature on dummy batches of 1 and 8 rows, so the first real request is not slow,
-    and return what each call costs (signatures with string or variable-size inputs are skipped:
-    they have no meaningful dummy value, and are warmed by use)."""
+def warm_up(
+    backend: Backend,
+    repeats: int = 3,
+    version_dir: Path | None = None,
+    settings: WarmupSettings = DEFAULT_WARMUP,
+) -> dict[str, EngineCost]:
+    """Warm a version up before it serves, so its first requests are not slow; returns what one
+    engine call of each signature costs.
+
+    With warm-up off (--enable_model_warmup=false) nothing runs and no cost is known (every call of
+    the version then runs off the event loop). Otherwise, first the version's warm-up file, as TF
+    Serving replays it (`serving.warmup.replay`: a bad file raises WarmupError, and the version fails
+    to load); then every signature, on dummy inputs `serving.warmup.find_dummy` finds (zeros, a
+    sentence for text, a tiny PNG for image bytes; a signature none fits is skipped with the reason
+    logged), in batches of 1 and 8 rows. Costs are measured where every non-batch size is known.
+    """
     costs: dict[str, EngineCost] = {}
+    if not settings.enabled:
+        return costs
+    if version_dir is not None:
+        replay(backend, version_dir, settings)
     for name, signature in backend.signatures().items():
-        if any(meta.dtype == STRING for meta in signature.inputs.values()):
-            continue
-        if any(d < 0 for meta in signature.inputs.values() for d in meta.shape[1:]):
+        dummy = find_dummy(backend, name, signature)
+        if dummy is None or not dummy.fixed:
             continue
         seconds = {}
         for rows in (1, 8):
-            dummy = {
-                key: np.zeros((rows, *meta.shape[1:]), dtype=meta.dtype)
-                for key, meta in signature.inputs.items()
-            }
-            prepared = backend.prepare(name, dummy)
+            prepared = backend.prepare(name, dummy.inputs(signature, rows))
             backend.run(name, prepared)  # the first call allocates; not timed
             timings = []
             for _ in range(repeats):
@@ -257,6 +340,9 @@ Loader = Callable[[str, Path, BackendOptions], Backend]
 class Repository:
     """Holds the models; load/unload run in the executor, state reads are lock-free."""
 
+    # How versions warm up (`warm_up`): set by the server from its flags.
+    warmup: WarmupSettings = DEFAULT_WARMUP
+
     def __init__(
         self,
         configs: Iterable[ModelConfig],
@@ -275,6 +361,7 @@ class Repository:
         self.unload_timeout_seconds = unload_timeout_seconds
         self.on_change: Callable[[ModelVersion], None] = lambda version: None
         self._lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()  # unloads of versions no longer configured
 
     # -- lookup ----------------------------------------------------------------------------------
 
@@ -307,6 +394,22 @@ class Repository:
             raise Unavailable(f"model '{name}' has no loadable version under {model.config.base_path}")
         return max(available, key=lambda v: v.version)
 
+    def unavailable_labels(self) -> list[str]:
+        """The configured version labels naming a version that is not AVAILABLE, as TF Serving's
+        refusal of them (ServerCore::UpdateModelVersionLabelMap); see `serving.server.start`, which
+        checks them after the first load unless `--allow_version_labels_for_unavailable_models`
+        (config reloads apply the same rule in `serving.reload`)."""
+        errors = []
+        for model in self.models.values():
+            for label, version in sorted(model.config.version_labels.items()):
+                entry = model.versions.get(version)
+                if entry is None or entry.state != State.AVAILABLE:
+                    errors.append(
+                        f"Request to assign label to version {version} of model {model.config.name}, "
+                        f"which is not currently available for inference (label '{label}')"
+                    )
+        return errors
+
     def statuses(self, name: str, version: int | None = None, label: str | None = None) -> list[ModelVersion]:
         model = self.model(name)
         if label:
@@ -320,8 +423,18 @@ class Repository:
         return sorted(model.versions.values(), key=lambda v: v.version)
 
     def all_available(self) -> bool:
-        """True once every model has at least one AVAILABLE version (readiness)."""
-        return all(any(v.state == State.AVAILABLE for v in m.versions.values()) for m in self.models.values())
+        """True once every model has at least one AVAILABLE version (readiness); a model added at
+        run time counts once it has had one (see `Model.added_at_run_time`)."""
+        return all(
+            any(v.state == State.AVAILABLE for v in m.versions.values())
+            for m in self.models.values()
+            if not m.added_at_run_time or m.ever_available
+        )
+
+    def _note_available(self, models: Iterable[Model]) -> None:
+        for model in models:
+            if any(v.state == State.AVAILABLE for v in model.versions.values()):
+                model.ever_available = True
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -329,6 +442,97 @@ class Repository:
         """Bring every model in line with its folder and version policy (load new, unload old)."""
         async with self._lock:
             await asyncio.gather(*(self._sync_model_logged(model) for model in self.models.values()))
+            self._note_available(self.models.values())
+
+    async def apply_config(self, configs: Sequence[ModelConfig]) -> ConfigChange:
+        """Serve exactly `configs` from now on (a config reload); returns what changed.
+
+        - Added models load their versions (per their policy) before this returns; those left
+          with no AVAILABLE version are named in `not_available` (they stay configured and are
+          retried like any failed version, when their files change).
+        - Removed models leave the lookup at once (new requests: NOT_FOUND); requests that already
+          hold one of their versions, batch queues included, finish first; then each version
+          unloads (`unload`, bounded by `unload_timeout_seconds`), in the background: `retired`.
+        - Changed models (version policy, labels) are synced to their new config; a new base_path
+          is loaded as a fresh entry, swapped in once it has been tried, and the old versions
+          retire as removed ones do. Unchanged models are synced too (as TF Serving re-polls).
+        """
+        async with self._lock:
+            wanted = {config.name: config for config in configs}
+            current = self.models
+            change_added = tuple(name for name in wanted if name not in current)
+            change_removed = tuple(name for name in current if name not in wanted)
+            change_changed = tuple(
+                name for name, config in wanted.items() if name in current and current[name].config != config
+            )
+            retiring = [entry for name in change_removed for entry in current.pop(name).versions.values()]
+            moved: dict[str, Model] = {}
+            for name in change_changed:
+                model, config = current[name], wanted[name]
+                if config.base_path != model.config.base_path:
+                    moved[name] = Model(
+                        config, added_at_run_time=model.added_at_run_time, ever_available=model.ever_available
+                    )
+                else:
+                    model.config = config
+            for name in change_added:
+                current[name] = Model(wanted[name], added_at_run_time=True)
+            if change_added or change_removed or change_changed:
+                log.info(
+                    "model config: adding %s, removing %s, changing %s",
+                    list(change_added) or "none",
+                    list(change_removed) or "none",
+                    list(change_changed) or "none",
+                )
+            syncing = [moved.get(name, model) for name, model in current.items()]
+            await asyncio.gather(*(self._sync_model_logged(model) for model in syncing))
+            notify: list[ModelVersion] = []
+            for name, model in moved.items():
+                old = list(current[name].versions.values())
+                retiring.extend(old)
+                notify.extend(entry for entry in old if entry.version not in model.versions)
+                current[name] = model
+            self._note_available(current.values())
+            not_available = {
+                name: self._why_not_available(current[name])
+                for name in change_added
+                if not current[name].ever_available
+            }
+            retired = self._retire([entry for entry in retiring if entry.state == State.AVAILABLE], notify)
+        return ConfigChange(change_added, change_removed, change_changed, not_available, retired)
+
+    @staticmethod
+    def _why_not_available(model: Model) -> str:
+        failed = sorted((v for v in model.versions.values() if v.error), key=lambda v: v.version)
+        if failed:
+            return "; ".join(f"version {v.version}: {v.error}" for v in failed)
+        if model.sync_error:
+            return model.sync_error
+        return f"no loadable version under {model.config.base_path}"
+
+    def _retire(self, entries: Sequence[ModelVersion], notify: Sequence[ModelVersion]) -> asyncio.Task[None]:
+        """Unload versions that left the config once the requests holding them end, in the
+        background (`close` waits for it). Only those in `notify` are reported through `on_change`:
+        the others belong to removed models, whose series are dropped instead."""
+        for entry in entries:
+            entry.state = State.UNLOADING  # at once: nothing resolves to it any more
+            log.info("unloading %s version %d (%d requests in flight)", entry.name, entry.version, entry.in_flight)
+            if entry in notify:
+                self.on_change(entry)
+
+        async def unload(entry: ModelVersion) -> None:
+            await entry.unload(self.unload_timeout_seconds)
+            if entry in notify:
+                self.on_change(entry)
+            log.info("%s version %d unloaded", entry.name, entry.version)
+
+        async def unload_all() -> None:
+            await asyncio.gather(*(unload(entry) for entry in entries))
+
+        task = asyncio.create_task(unload_all())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        return task
 
     async def _sync_model_logged(self, model: Model) -> None:
         """One model's sync. If it fails (its base path is missing or unreadable...), the versions
@@ -398,13 +602,13 @@ class Repository:
             log.warning(
                 "%s: folder %s has no %s (an export still being written?): not loaded until it has",
                 model.config.name,
-                model.config.base_path / str(version),
+                version_folder(model.config.base_path, version),
                 marker_file(self.platform),
             )
         model.incomplete = set(incomplete)
 
     async def _load(self, model: Model, version: int) -> None:
-        path = model.config.base_path / str(version)
+        path = version_folder(model.config.base_path, version)  # by its real name: `00000123`
         previous = model.versions.get(version)
         entry = ModelVersion(model.config.name, version, path, State.LOADING, fingerprint=fingerprint(path))
         model.versions[version] = entry
@@ -435,7 +639,7 @@ class Repository:
                 "%s version %d AVAILABLE (%s, %.2fs, signatures %s)",
                 entry.name,
                 version,
-                self.platform,
+                backend.platform,  # per version: see `serving.backends.version_platform`
                 time.perf_counter() - started,
                 sorted(backend.signatures()),
             )
@@ -444,12 +648,16 @@ class Repository:
     def _load_and_warm(self, path: Path) -> tuple[Backend, dict[str, EngineCost]]:
         """Load and warm up a version (in a worker thread); picks engine threads when on auto."""
         started = time.perf_counter()
-        check_version_files(path, self.platform)
+        # Per version: a bare SavedModel goes to TensorFlow, a bare model.onnx to ONNX Runtime.
+        platform = version_platform(path, self.platform) or self.platform
+        if platform != self.platform:
+            log.info("%s: served by the %s backend (its files; --backend is %s)", path, platform, self.platform)
+        check_version_files(path, platform)
         log.debug("%s: files checked against the manifest in %.3fs", path, time.perf_counter() - started)
         auto_threads = self.options.intra_op_threads == 0
         options = replace(self.options, intra_op_threads=1) if auto_threads else self.options
-        backend = self.loader(self.platform, path, options)
-        costs = warm_up(backend)
+        backend = self.loader(platform, path, options)
+        costs = warm_up(backend, version_dir=path, settings=self.warmup)
         slowest = max((cost.fixed for cost in costs.values()), default=0.0)
         if auto_threads and slowest > SINGLE_THREAD_MAX_SECONDS:
             log.info(
@@ -458,8 +666,9 @@ class Repository:
                 slowest * 1e3,
             )
             backend.close()
-            backend = self.loader(self.platform, path, replace(self.options, intra_op_threads=available_cpus()))
-            costs = warm_up(backend)
+            backend = self.loader(platform, path, replace(self.options, intra_op_threads=available_cpus()))
+            costs = warm_up(backend, version_dir=path, settings=self.warmup)
+        log.info("%s: %s", path, describe_runtime(backend))
         return backend, costs
 
     async def _unload(self, entry: ModelVersion) -> None:
@@ -472,6 +681,7 @@ class Repository:
 
     async def close(self, timeout: float = 0.0) -> None:
         """Unload every version (the server is stopping: requests have been drained already)."""
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         await asyncio.gather(
             *(
                 entry.unload(timeout)

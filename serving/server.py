@@ -32,8 +32,8 @@ from grpc_health.v1 import health, health_pb2
 
 from serving.admission import Admission
 from serving.auth import TokenFile
-from serving.backends import BackendOptions
-from serving.config import ServerConfig
+from serving.backends import BackendOptions, runtime_info
+from serving.config import ConfigError, ServerConfig
 from serving.dataplane import DataPlane
 from serving.metrics import Metrics
 from serving.preprocess import PreprocessLimits
@@ -41,7 +41,9 @@ from serving.protocol import Services
 from serving.protocol.grpc.server import READINESS_SERVICES, HealthServicer, create_server
 from serving.protocol.rest.app import RestApi
 from serving.protocol.rest.guard import GuardedSite, ssl_context
-from serving.repository import ModelVersion, Repository
+from serving.reload import ConfigReloader, poll_config_file
+from serving.repository import ModelVersion, Repository, State
+from serving.warmup import WarmupSettings
 
 log = logging.getLogger(__name__)
 
@@ -171,13 +173,19 @@ async def start(config: ServerConfig, readiness: Readiness | None = None) -> Run
     aiohttp_server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, _MalformedHttpFilter) for f in aiohttp_server_log.filters):
         aiohttp_server_log.addFilter(_MalformedHttpFilter())
-    metrics = Metrics(model.name for model in config.models)
+    metrics = Metrics(
+        (model.name for model in config.models),
+        runtime="onnxruntime" if config.backend == "onnx" else config.backend,
+        batching=config.batching is not None,
+    )
     workers = max(4, (config.batching.num_batch_threads if config.batching else 0) + 2)
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engine")
     options = BackendOptions(
         intra_op_threads=config.intra_op_threads,
         inter_op_threads=config.inter_op_threads,
         providers=config.onnx_providers,
+        require_accelerator=config.onnx_require_accelerator,
+        gpu_memory_fraction=config.per_process_gpu_memory_fraction,
         preprocess=PreprocessLimits(config.limits.max_image_pixels, config.limits.max_request_image_pixels),
     )
     repository = Repository(
@@ -186,8 +194,13 @@ async def start(config: ServerConfig, readiness: Readiness | None = None) -> Run
 
     def on_change(version: ModelVersion) -> None:
         metrics.model_state.labels(version.name, str(version.version)).set(int(version.state))
+        if version.backend is not None:
+            info = runtime_info(version.backend)
+            labels = (version.name, str(version.version), info["backend"], ",".join(info.get("providers", ())))
+            metrics.model_runtime.labels(*labels).set(1 if version.state == State.AVAILABLE else 0)
 
     repository.on_change = on_change
+    repository.warmup = WarmupSettings(enabled=config.enable_model_warmup, observe=metrics.observe_warmup)
     dataplane = DataPlane(
         repository,
         metrics,
@@ -196,8 +209,18 @@ async def start(config: ServerConfig, readiness: Readiness | None = None) -> Run
         max_tensor_bytes=config.grpc_max_message_bytes,
         inline_engine_seconds=config.inline_engine_micros / 1e6,
         limits=config.limits,
+        signature_method_name_check=config.enable_signature_method_name_check,
     )
     tokens = TokenFile(config.auth_token_file) if config.auth_token_file else None
+    # HandleReloadConfigRequest and the config file poll: relative base paths are read from the
+    # config file's folder, as at start-up.
+    reloader = ConfigReloader(
+        repository,
+        metrics,
+        relative_to=config.model_config_file.parent if config.model_config_file else None,
+        workers=config.workers,
+        allow_unavailable_labels=config.allow_version_labels_for_unavailable_models,
+    )
     services = Services(
         dataplane,
         repository,
@@ -206,6 +229,7 @@ async def start(config: ServerConfig, readiness: Readiness | None = None) -> Run
         HealthServicer(None if "health" in config.auth_exempt else tokens),
         auth=tokens,
         auth_exempt=config.auth_exempt,
+        reloader=reloader,
     )
     if tokens is not None:
         log.info("bearer tokens required (%d loaded); exempt: %s", tokens.count, ", ".join(config.auth_exempt) or "nothing")
@@ -216,7 +240,7 @@ async def start(config: ServerConfig, readiness: Readiness | None = None) -> Run
 
     runner, rest_port = None, -1
     if config.rest_api_port >= 0:
-        api = RestApi(services, config.monitoring, config.limits)
+        api = RestApi(services, config.monitoring, config.limits, parse_threads=config.rest_api_num_threads or 1)
         runner = web.AppRunner(
             api.app(),
             access_log=None,
@@ -247,14 +271,27 @@ async def start(config: ServerConfig, readiness: Readiness | None = None) -> Run
         executor=executor,
         readiness=readiness or LocalReadiness(),
     )
+    reloader.after = running.refresh_health
     await running.refresh_health()
     await services.health.set(LIVENESS_SERVICE, _SERVING)
     await repository.sync()
+    if not config.allow_version_labels_for_unavailable_models and (refused := repository.unavailable_labels()):
+        # TF Serving refuses such a config at start (its server does not start); so does this one.
+        await running.stop()
+        raise ConfigError(
+            "; ".join(refused) + " (--allow_version_labels_for_unavailable_models=true allows it)"
+        )
     if not repository.all_available():
         log.error("some models have no available version; health stays NOT_SERVING until they do")
     await running.refresh_health()
     if config.file_system_poll_wait_seconds > 0:
         running.tasks.append(asyncio.create_task(_poll(running, config.file_system_poll_wait_seconds)))
+    if config.model_config_file is not None and config.model_config_file_poll_wait_seconds > 0:
+        running.tasks.append(
+            asyncio.create_task(
+                poll_config_file(reloader, config.model_config_file, config.model_config_file_poll_wait_seconds)
+            )
+        )
     if config.workers > 1:
         running.tasks.append(asyncio.create_task(_watch_workers(running)))
     return running

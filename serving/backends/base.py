@@ -45,6 +45,10 @@ class BackendOptions:
     intra_op_threads: int = 0  # 0: the engine's default
     inter_op_threads: int = 0
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    # Fail the load instead of running on the CPU when no requested accelerator initialises.
+    require_accelerator: bool = False
+    # --per_process_gpu_memory_fraction: the CUDA provider's arena cap, as a fraction of the device.
+    gpu_memory_fraction: float = 0.0
     preprocess: PreprocessLimits = field(default_factory=PreprocessLimits)
 
 

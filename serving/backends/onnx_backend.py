@@ -13,11 +13,22 @@ a text preprocessor's vocabulary (plain text). Each of those files must be liste
 `files`, which the repository has checked against the folder (sha256, nothing unlisted) before this
 backend is built (`serving.repository.check_version_files`); a file ONNX Runtime rejects fails the
 load with a `VersionFilesError` naming it.
+
+A folder with `model.onnx` and no manifest (the user's own model) is served as Triton serves one:
+one signature, `serving_default`, whose inputs and outputs are the graph's (names, dtypes, shapes
+with -1 for symbolic or unknown dimensions; see `graph_manifest`), no labels, nothing to check the
+file against (ONNX Runtime reads it, and any external-data files it names, as they are).
+
+Providers: `serving.backends.providers` picks them from `--onnx_providers` and this build's list,
+and checks what each session really got (`session.get_providers()`, kept in `providers`):
+a provider ONNX Runtime could not initialise is logged, or fails the load under
+`--onnx_require_accelerator`.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -25,11 +36,16 @@ from typing import Any
 import numpy as np
 
 from serving.backends.base import BackendOptions, Signature, TensorMeta
+from serving.backends.gpu_memory import with_memory_limit
+from serving.backends.providers import check_session_providers, choose_providers
 from serving.codec import dtype_from_name
 from serving.errors import InvalidArgument
 from serving.manifest import (
+    MANIFEST_FILE,
+    PREDICT_METHOD,
     Manifest,
     ManifestError,
+    OnnxBinding,
     SignatureManifest,
     TensorSpec,
     VersionFilesError,
@@ -37,11 +53,83 @@ from serving.manifest import (
 )
 from serving.preprocess import Preprocessor, build_preprocessor
 
+log = logging.getLogger(__name__)
+
 Explainer = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+BARE_ONNX_FILE = "model.onnx"  # what a version folder without a manifest is served from
+
+# ONNX Runtime's type strings (`NodeArg.type`) -> manifest dtype names (numpy's, or "string").
+_ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(float16)": "float16",
+    "tensor(int8)": "int8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(uint8)": "uint8",
+    "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32",
+    "tensor(uint64)": "uint64",
+    "tensor(bool)": "bool",
+    "tensor(string)": "string",
+}
 
 
 def _meta(spec: TensorSpec) -> TensorMeta:
     return TensorMeta(dtype=dtype_from_name(spec.dtype), shape=spec.shape)
+
+
+def graph_spec(arg: Any) -> TensorSpec | None:
+    """A session input/output (`NodeArg`: name, type "tensor(float)", shape of ints, names of
+    symbolic dimensions or None) as a TensorSpec; None for types a TensorProto cannot carry
+    (sequences, maps, bfloat16...)."""
+    dtype = _ORT_DTYPES.get(arg.type)
+    if dtype is None:
+        return None
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or ()))
+    return TensorSpec(dtype=dtype, shape=shape)
+
+
+def graph_manifest(version_dir: Path, session: Any) -> Manifest:
+    """The manifest of a bare `model.onnx`: `serving_default` with the graph's inputs and outputs
+    under their ONNX names. Outputs of non-tensor types are left out (with a warning); an input of
+    such a type makes the model unservable."""
+    path = version_dir / BARE_ONNX_FILE
+    inputs: dict[str, TensorSpec] = {}
+    for arg in session.get_inputs():
+        spec = graph_spec(arg)
+        if spec is None:
+            raise VersionFilesError(
+                f"{path}: input {arg.name!r} has type {arg.type}, which requests cannot carry"
+            )
+        inputs[arg.name] = spec
+    outputs: dict[str, TensorSpec] = {}
+    for arg in session.get_outputs():
+        spec = graph_spec(arg)
+        if spec is None:
+            log.warning(
+                "%s: output %r has type %s, which responses cannot carry: left out", path, arg.name, arg.type
+            )
+        else:
+            outputs[arg.name] = spec
+    if not outputs:
+        raise VersionFilesError(f"{path}: no output of a tensor type to serve")
+    signature = SignatureManifest(
+        method=PREDICT_METHOD,
+        inputs=inputs,
+        outputs=outputs,
+        onnx=OnnxBinding(BARE_ONNX_FILE, {n: n for n in inputs}, {n: n for n in outputs}),
+    )
+    name = version_dir.name
+    return Manifest(
+        name=version_dir.parent.name,
+        version=int(name) if name.isdigit() else 0,
+        task="",
+        labels=(),
+        signatures={"serving_default": signature},
+    )
 
 
 @functools.cache
@@ -59,34 +147,57 @@ class OnnxBackend:
         import onnxruntime as ort
 
         self.version_dir = version_dir
+        # A folder with only model.onnx (the user's own model) has no manifest: it is served with
+        # the one signature its graph declares, read from the session (`graph_manifest`).
+        self.bare = not (version_dir / MANIFEST_FILE).exists()
         # Verified by the repository before the engine is built (one sha256 pass per load).
-        self.manifest: Manifest = read_manifest(version_dir, verify_files=False)
-        self.labels = self.manifest.labels
+        self.manifest: Manifest = (
+            Manifest(name=version_dir.parent.name, version=0, task="", labels=(), signatures={})
+            if self.bare
+            else read_manifest(version_dir, verify_files=False)
+        )
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session_options.intra_op_num_threads = options.intra_op_threads
         session_options.inter_op_num_threads = options.inter_op_threads
         # Idle worker threads must not spin: a server spends most of its time waiting for requests.
         session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        available = set(ort.get_available_providers())
-        providers = [p for p in options.providers if p in available] or ["CPUExecutionProvider"]
-        self.providers = tuple(providers)
+        choice = choose_providers(
+            options.providers, ort.get_available_providers(), options.require_accelerator
+        )
+        for warning in choice.warnings:
+            log.warning("%s: %s", version_dir, warning)
+        # --per_process_gpu_memory_fraction: a byte cap on the CUDA provider's memory arena.
+        providers, memory_warning = with_memory_limit(choice.providers, options.gpu_memory_fraction)
+        if memory_warning:
+            log.warning("%s: %s", version_dir, memory_warning)
+        # What the sessions actually run on (`session.get_providers()`), set by `_open`.
+        self.providers: tuple[str, ...] = ()
+
+        def _open(path: Path) -> Any:
+            try:
+                session = ort.InferenceSession(str(path), sess_options=session_options, providers=providers)
+            except Exception as exc:  # onnxruntime's own classes (InvalidProtobuf, Fail, ...)
+                raise VersionFilesError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
+            actual = tuple(session.get_providers())
+            fallback = check_session_providers(choice.providers, actual, options.require_accelerator)
+            if fallback:
+                log.warning("%s: %s", path, fallback)
+            self.providers = actual
+            return session
 
         self._sessions: dict[str, Any] = {}
         self._signatures: dict[str, Signature] = {}
         self._bindings: dict[str, SignatureManifest] = {}
         self._preprocessors: dict[str, Preprocessor] = {}
         self._explainers: dict[str, Explainer] = {}
+        if self.bare:
+            session = self._sessions[BARE_ONNX_FILE] = _open(version_dir / BARE_ONNX_FILE)
+            self.manifest = graph_manifest(version_dir, session)
+        self.labels = self.manifest.labels
         for name, sig in self.manifest.signatures.items():
             if sig.onnx.file not in self._sessions:
-                path = version_dir / self._listed(name, sig.onnx.file)
-                try:
-                    session = ort.InferenceSession(
-                        str(path), sess_options=session_options, providers=providers
-                    )
-                except Exception as exc:  # onnxruntime's own classes (InvalidProtobuf, Fail, ...)
-                    raise VersionFilesError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
-                self._sessions[sig.onnx.file] = session
+                self._sessions[sig.onnx.file] = _open(version_dir / self._listed(name, sig.onnx.file))
             if sig.preprocess is not None and "vocabulary" in sig.preprocess.params:
                 self._listed(name, str(sig.preprocess.params["vocabulary"]))
             alternatives: dict[str, str] = {}

@@ -31,7 +31,7 @@ from serving.proto import meta_graph_pb2 as serving_dot_proto_dot_meta__graph__p
 from serving.proto import tensor_pb2 as serving_dot_proto_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18serving/proto/apis.proto\x12\x12tensorflow.serving\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1aserving/proto/config.proto\x1a\x1fserving/proto/error_codes.proto\x1a\x1bserving/proto/example.proto\x1a\x1eserving/proto/meta_graph.proto\x1a\x1aserving/proto/tensor.proto\"\x8c\x01\n\tModelSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x07version\x18\x02 \x01(\x0b\x32\x1b.google.protobuf.Int64ValueH\x00\x12\x17\n\rversion_label\x18\x04 \x01(\tH\x00\x12\x16\n\x0esignature_name\x18\x03 \x01(\tB\x10\n\x0eversion_choice\"\xe7\x01\n\x0ePredictRequest\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12>\n\x06inputs\x18\x02 \x03(\x0b\x32..tensorflow.serving.PredictRequest.InputsEntry\x12\x15\n\routput_filter\x18\x03 \x03(\t\x1aK\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.tensorflow_wire.TensorProto:\x02\x38\x01\"\xd5\x01\n\x0fPredictResponse\x12\x31\n\nmodel_spec\x18\x02 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12\x41\n\x07outputs\x18\x01 \x03(\x0b\x32\x30.tensorflow.serving.PredictResponse.OutputsEntry\x1aL\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.tensorflow_wire.TensorProto:\x02\x38\x01\"9\n\x0b\x45xampleList\x12*\n\x08\x65xamples\x18\x01 \x03(\x0b\x32\x18.tensorflow_wire.Example\"o\n\x16\x45xampleListWithContext\x12*\n\x08\x65xamples\x18\x01 \x03(\x0b\x32\x18.tensorflow_wire.Example\x12)\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x18.tensorflow_wire.Example\"\x99\x01\n\x05Input\x12\x37\n\x0c\x65xample_list\x18\x01 \x01(\x0b\x32\x1f.tensorflow.serving.ExampleListH\x00\x12O\n\x19\x65xample_list_with_context\x18\x02 \x01(\x0b\x32*.tensorflow.serving.ExampleListWithContextH\x00\x42\x06\n\x04kind\"%\n\x05\x43lass\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"=\n\x0f\x43lassifications\x12*\n\x07\x63lasses\x18\x01 \x03(\x0b\x32\x19.tensorflow.serving.Class\"T\n\x14\x43lassificationResult\x12<\n\x0f\x63lassifications\x18\x01 \x03(\x0b\x32#.tensorflow.serving.Classifications\"t\n\x15\x43lassificationRequest\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12(\n\x05input\x18\x02 \x01(\x0b\x32\x19.tensorflow.serving.Input\"\x85\x01\n\x16\x43lassificationResponse\x12\x31\n\nmodel_spec\x18\x02 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12\x38\n\x06result\x18\x01 \x01(\x0b\x32(.tensorflow.serving.ClassificationResult\"\xb3\x01\n\x0fSignatureDefMap\x12L\n\rsignature_def\x18\x01 \x03(\x0b\x32\x35.tensorflow.serving.SignatureDefMap.SignatureDefEntry\x1aR\n\x11SignatureDefEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12,\n\x05value\x18\x02 \x01(\x0b\x32\x1d.tensorflow_wire.SignatureDef:\x02\x38\x01\"d\n\x17GetModelMetadataRequest\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12\x16\n\x0emetadata_field\x18\x02 \x03(\t\"\xe2\x01\n\x18GetModelMetadataResponse\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12L\n\x08metadata\x18\x02 \x03(\x0b\x32:.tensorflow.serving.GetModelMetadataResponse.MetadataEntry\x1a\x45\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any:\x02\x38\x01\"U\n\x0bStatusProto\x12/\n\nerror_code\x18\x01 \x01(\x0e\x32\x1b.tensorflow_wire.error.Code\x12\x15\n\rerror_message\x18\x02 \x01(\t\"\xe8\x01\n\x12ModelVersionStatus\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12;\n\x05state\x18\x02 \x01(\x0e\x32,.tensorflow.serving.ModelVersionStatus.State\x12/\n\x06status\x18\x03 \x01(\x0b\x32\x1f.tensorflow.serving.StatusProto\"S\n\x05State\x12\x0b\n\x07UNKNOWN\x10\x00\x12\t\n\x05START\x10\n\x12\x0b\n\x07LOADING\x10\x14\x12\r\n\tAVAILABLE\x10\x1e\x12\r\n\tUNLOADING\x10(\x12\x07\n\x03\x45ND\x10\x32\"J\n\x15GetModelStatusRequest\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\"^\n\x16GetModelStatusResponse\x12\x44\n\x14model_version_status\x18\x01 \x03(\x0b\x32&.tensorflow.serving.ModelVersionStatus\"b\n\x13ReloadConfigRequest\x12\x35\n\x06\x63onfig\x18\x01 \x01(\x0b\x32%.tensorflow.serving.ModelServerConfig\x12\x14\n\x0cmetric_names\x18\x02 \x03(\t\"G\n\x14ReloadConfigResponse\x12/\n\x06status\x18\x01 \x01(\x0b\x32\x1f.tensorflow.serving.StatusProto2\xb9\x02\n\x11PredictionService\x12\x61\n\x08\x43lassify\x12).tensorflow.serving.ClassificationRequest\x1a*.tensorflow.serving.ClassificationResponse\x12R\n\x07Predict\x12\".tensorflow.serving.PredictRequest\x1a#.tensorflow.serving.PredictResponse\x12m\n\x10GetModelMetadata\x12+.tensorflow.serving.GetModelMetadataRequest\x1a,.tensorflow.serving.GetModelMetadataResponse2\xe7\x01\n\x0cModelService\x12g\n\x0eGetModelStatus\x12).tensorflow.serving.GetModelStatusRequest\x1a*.tensorflow.serving.GetModelStatusResponse\x12n\n\x19HandleReloadConfigRequest\x12\'.tensorflow.serving.ReloadConfigRequest\x1a(.tensorflow.serving.ReloadConfigResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18serving/proto/apis.proto\x12\x12tensorflow.serving\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1aserving/proto/config.proto\x1a\x1fserving/proto/error_codes.proto\x1a\x1bserving/proto/example.proto\x1a\x1eserving/proto/meta_graph.proto\x1a\x1aserving/proto/tensor.proto\"\x8c\x01\n\tModelSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x07version\x18\x02 \x01(\x0b\x32\x1b.google.protobuf.Int64ValueH\x00\x12\x17\n\rversion_label\x18\x04 \x01(\tH\x00\x12\x16\n\x0esignature_name\x18\x03 \x01(\tB\x10\n\x0eversion_choice\"\xe7\x01\n\x0ePredictRequest\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12>\n\x06inputs\x18\x02 \x03(\x0b\x32..tensorflow.serving.PredictRequest.InputsEntry\x12\x15\n\routput_filter\x18\x03 \x03(\t\x1aK\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.tensorflow_wire.TensorProto:\x02\x38\x01\"\xd5\x01\n\x0fPredictResponse\x12\x31\n\nmodel_spec\x18\x02 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12\x41\n\x07outputs\x18\x01 \x03(\x0b\x32\x30.tensorflow.serving.PredictResponse.OutputsEntry\x1aL\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.tensorflow_wire.TensorProto:\x02\x38\x01\"9\n\x0b\x45xampleList\x12*\n\x08\x65xamples\x18\x01 \x03(\x0b\x32\x18.tensorflow_wire.Example\"o\n\x16\x45xampleListWithContext\x12*\n\x08\x65xamples\x18\x01 \x03(\x0b\x32\x18.tensorflow_wire.Example\x12)\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x18.tensorflow_wire.Example\"\x99\x01\n\x05Input\x12\x37\n\x0c\x65xample_list\x18\x01 \x01(\x0b\x32\x1f.tensorflow.serving.ExampleListH\x00\x12O\n\x19\x65xample_list_with_context\x18\x02 \x01(\x0b\x32*.tensorflow.serving.ExampleListWithContextH\x00\x42\x06\n\x04kind\"%\n\x05\x43lass\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"=\n\x0f\x43lassifications\x12*\n\x07\x63lasses\x18\x01 \x03(\x0b\x32\x19.tensorflow.serving.Class\"T\n\x14\x43lassificationResult\x12<\n\x0f\x63lassifications\x18\x01 \x03(\x0b\x32#.tensorflow.serving.Classifications\"t\n\x15\x43lassificationRequest\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12(\n\x05input\x18\x02 \x01(\x0b\x32\x19.tensorflow.serving.Input\"\x85\x01\n\x16\x43lassificationResponse\x12\x31\n\nmodel_spec\x18\x02 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12\x38\n\x06result\x18\x01 \x01(\x0b\x32(.tensorflow.serving.ClassificationResult\"\x1b\n\nRegression\x12\r\n\x05value\x18\x01 \x01(\x02\"G\n\x10RegressionResult\x12\x33\n\x0bregressions\x18\x01 \x03(\x0b\x32\x1e.tensorflow.serving.Regression\"p\n\x11RegressionRequest\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12(\n\x05input\x18\x02 \x01(\x0b\x32\x19.tensorflow.serving.Input\"}\n\x12RegressionResponse\x12\x31\n\nmodel_spec\x18\x02 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12\x34\n\x06result\x18\x01 \x01(\x0b\x32$.tensorflow.serving.RegressionResult\"W\n\rInferenceTask\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12\x13\n\x0bmethod_name\x18\x02 \x01(\t\"\xdc\x01\n\x0fInferenceResult\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12I\n\x15\x63lassification_result\x18\x02 \x01(\x0b\x32(.tensorflow.serving.ClassificationResultH\x00\x12\x41\n\x11regression_result\x18\x03 \x01(\x0b\x32$.tensorflow.serving.RegressionResultH\x00\x42\x08\n\x06result\"s\n\x15MultiInferenceRequest\x12\x30\n\x05tasks\x18\x01 \x03(\x0b\x32!.tensorflow.serving.InferenceTask\x12(\n\x05input\x18\x02 \x01(\x0b\x32\x19.tensorflow.serving.Input\"N\n\x16MultiInferenceResponse\x12\x34\n\x07results\x18\x01 \x03(\x0b\x32#.tensorflow.serving.InferenceResult\"\xb3\x01\n\x0fSignatureDefMap\x12L\n\rsignature_def\x18\x01 \x03(\x0b\x32\x35.tensorflow.serving.SignatureDefMap.SignatureDefEntry\x1aR\n\x11SignatureDefEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12,\n\x05value\x18\x02 \x01(\x0b\x32\x1d.tensorflow_wire.SignatureDef:\x02\x38\x01\"d\n\x17GetModelMetadataRequest\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12\x16\n\x0emetadata_field\x18\x02 \x03(\t\"\xe2\x01\n\x18GetModelMetadataResponse\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12L\n\x08metadata\x18\x02 \x03(\x0b\x32:.tensorflow.serving.GetModelMetadataResponse.MetadataEntry\x1a\x45\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any:\x02\x38\x01\"U\n\x0bStatusProto\x12/\n\nerror_code\x18\x01 \x01(\x0e\x32\x1b.tensorflow_wire.error.Code\x12\x15\n\rerror_message\x18\x02 \x01(\t\"\xe8\x01\n\x12ModelVersionStatus\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12;\n\x05state\x18\x02 \x01(\x0e\x32,.tensorflow.serving.ModelVersionStatus.State\x12/\n\x06status\x18\x03 \x01(\x0b\x32\x1f.tensorflow.serving.StatusProto\"S\n\x05State\x12\x0b\n\x07UNKNOWN\x10\x00\x12\t\n\x05START\x10\n\x12\x0b\n\x07LOADING\x10\x14\x12\r\n\tAVAILABLE\x10\x1e\x12\r\n\tUNLOADING\x10(\x12\x07\n\x03\x45ND\x10\x32\"J\n\x15GetModelStatusRequest\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\"^\n\x16GetModelStatusResponse\x12\x44\n\x14model_version_status\x18\x01 \x03(\x0b\x32&.tensorflow.serving.ModelVersionStatus\"b\n\x13ReloadConfigRequest\x12\x35\n\x06\x63onfig\x18\x01 \x01(\x0b\x32%.tensorflow.serving.ModelServerConfig\x12\x14\n\x0cmetric_names\x18\x02 \x03(\t\"G\n\x14ReloadConfigResponse\x12/\n\x06status\x18\x01 \x01(\x0b\x32\x1f.tensorflow.serving.StatusProto2\xfc\x03\n\x11PredictionService\x12\x61\n\x08\x43lassify\x12).tensorflow.serving.ClassificationRequest\x1a*.tensorflow.serving.ClassificationResponse\x12X\n\x07Regress\x12%.tensorflow.serving.RegressionRequest\x1a&.tensorflow.serving.RegressionResponse\x12R\n\x07Predict\x12\".tensorflow.serving.PredictRequest\x1a#.tensorflow.serving.PredictResponse\x12g\n\x0eMultiInference\x12).tensorflow.serving.MultiInferenceRequest\x1a*.tensorflow.serving.MultiInferenceResponse\x12m\n\x10GetModelMetadata\x12+.tensorflow.serving.GetModelMetadataRequest\x1a,.tensorflow.serving.GetModelMetadataResponse2\xe7\x01\n\x0cModelService\x12g\n\x0eGetModelStatus\x12).tensorflow.serving.GetModelStatusRequest\x1a*.tensorflow.serving.GetModelStatusResponse\x12n\n\x19HandleReloadConfigRequest\x12\'.tensorflow.serving.ReloadConfigRequest\x1a(.tensorflow.serving.ReloadConfigResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -72,32 +72,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLASSIFICATIONREQUEST']._serialized_end=1482
   _globals['_CLASSIFICATIONRESPONSE']._serialized_start=1485
   _globals['_CLASSIFICATIONRESPONSE']._serialized_end=1618
-  _globals['_SIGNATUREDEFMAP']._serialized_start=1621
-  _globals['_SIGNATUREDEFMAP']._serialized_end=1800
-  _globals['_SIGNATUREDEFMAP_SIGNATUREDEFENTRY']._serialized_start=1718
-  _globals['_SIGNATUREDEFMAP_SIGNATUREDEFENTRY']._serialized_end=1800
-  _globals['_GETMODELMETADATAREQUEST']._serialized_start=1802
-  _globals['_GETMODELMETADATAREQUEST']._serialized_end=1902
-  _globals['_GETMODELMETADATARESPONSE']._serialized_start=1905
-  _globals['_GETMODELMETADATARESPONSE']._serialized_end=2131
-  _globals['_GETMODELMETADATARESPONSE_METADATAENTRY']._serialized_start=2062
-  _globals['_GETMODELMETADATARESPONSE_METADATAENTRY']._serialized_end=2131
-  _globals['_STATUSPROTO']._serialized_start=2133
-  _globals['_STATUSPROTO']._serialized_end=2218
-  _globals['_MODELVERSIONSTATUS']._serialized_start=2221
-  _globals['_MODELVERSIONSTATUS']._serialized_end=2453
-  _globals['_MODELVERSIONSTATUS_STATE']._serialized_start=2370
-  _globals['_MODELVERSIONSTATUS_STATE']._serialized_end=2453
-  _globals['_GETMODELSTATUSREQUEST']._serialized_start=2455
-  _globals['_GETMODELSTATUSREQUEST']._serialized_end=2529
-  _globals['_GETMODELSTATUSRESPONSE']._serialized_start=2531
-  _globals['_GETMODELSTATUSRESPONSE']._serialized_end=2625
-  _globals['_RELOADCONFIGREQUEST']._serialized_start=2627
-  _globals['_RELOADCONFIGREQUEST']._serialized_end=2725
-  _globals['_RELOADCONFIGRESPONSE']._serialized_start=2727
-  _globals['_RELOADCONFIGRESPONSE']._serialized_end=2798
-  _globals['_PREDICTIONSERVICE']._serialized_start=2801
-  _globals['_PREDICTIONSERVICE']._serialized_end=3114
-  _globals['_MODELSERVICE']._serialized_start=3117
-  _globals['_MODELSERVICE']._serialized_end=3348
+  _globals['_REGRESSION']._serialized_start=1620
+  _globals['_REGRESSION']._serialized_end=1647
+  _globals['_REGRESSIONRESULT']._serialized_start=1649
+  _globals['_REGRESSIONRESULT']._serialized_end=1720
+  _globals['_REGRESSIONREQUEST']._serialized_start=1722
+  _globals['_REGRESSIONREQUEST']._serialized_end=1834
+  _globals['_REGRESSIONRESPONSE']._serialized_start=1836
+  _globals['_REGRESSIONRESPONSE']._serialized_end=1961
+  _globals['_INFERENCETASK']._serialized_start=1963
+  _globals['_INFERENCETASK']._serialized_end=2050
+  _globals['_INFERENCERESULT']._serialized_start=2053
+  _globals['_INFERENCERESULT']._serialized_end=2273
+  _globals['_MULTIINFERENCEREQUEST']._serialized_start=2275
+  _globals['_MULTIINFERENCEREQUEST']._serialized_end=2390
+  _globals['_MULTIINFERENCERESPONSE']._serialized_start=2392
+  _globals['_MULTIINFERENCERESPONSE']._serialized_end=2470
+  _globals['_SIGNATUREDEFMAP']._serialized_start=2473
+  _globals['_SIGNATUREDEFMAP']._serialized_end=2652
+  _globals['_SIGNATUREDEFMAP_SIGNATUREDEFENTRY']._serialized_start=2570
+  _globals['_SIGNATUREDEFMAP_SIGNATUREDEFENTRY']._serialized_end=2652
+  _globals['_GETMODELMETADATAREQUEST']._serialized_start=2654
+  _globals['_GETMODELMETADATAREQUEST']._serialized_end=2754
+  _globals['_GETMODELMETADATARESPONSE']._serialized_start=2757
+  _globals['_GETMODELMETADATARESPONSE']._serialized_end=2983
+  _globals['_GETMODELMETADATARESPONSE_METADATAENTRY']._serialized_start=2914
+  _globals['_GETMODELMETADATARESPONSE_METADATAENTRY']._serialized_end=2983
+  _globals['_STATUSPROTO']._serialized_start=2985
+  _globals['_STATUSPROTO']._serialized_end=3070
+  _globals['_MODELVERSIONSTATUS']._serialized_start=3073
+  _globals['_MODELVERSIONSTATUS']._serialized_end=3305
+  _globals['_MODELVERSIONSTATUS_STATE']._serialized_start=3222
+  _globals['_MODELVERSIONSTATUS_STATE']._serialized_end=3305
+  _globals['_GETMODELSTATUSREQUEST']._serialized_start=3307
+  _globals['_GETMODELSTATUSREQUEST']._serialized_end=3381
+  _globals['_GETMODELSTATUSRESPONSE']._serialized_start=3383
+  _globals['_GETMODELSTATUSRESPONSE']._serialized_end=3477
+  _globals['_RELOADCONFIGREQUEST']._serialized_start=3479
+  _globals['_RELOADCONFIGREQUEST']._serialized_end=3577
+  _globals['_RELOADCONFIGRESPONSE']._serialized_start=3579
+  _globals['_RELOADCONFIGRESPONSE']._serialized_end=3650
+  _globals['_PREDICTIONSERVICE']._serialized_start=3653
+  _globals['_PREDICTIONSERVICE']._serialized_end=4161
+  _globals['_MODELSERVICE']._serialized_start=4164
+  _globals['_MODELSERVICE']._serialized_end=4395
 # @@protoc_insertion_point(module_scope)

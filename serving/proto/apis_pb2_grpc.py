@@ -39,10 +39,20 @@ class PredictionServiceStub:
                 request_serializer=serving_dot_proto_dot_apis__pb2.ClassificationRequest.SerializeToString,
                 response_deserializer=serving_dot_proto_dot_apis__pb2.ClassificationResponse.FromString,
                 _registered_method=True)
+        self.Regress = channel.unary_unary(
+                '/tensorflow.serving.PredictionService/Regress',
+                request_serializer=serving_dot_proto_dot_apis__pb2.RegressionRequest.SerializeToString,
+                response_deserializer=serving_dot_proto_dot_apis__pb2.RegressionResponse.FromString,
+                _registered_method=True)
         self.Predict = channel.unary_unary(
                 '/tensorflow.serving.PredictionService/Predict',
                 request_serializer=serving_dot_proto_dot_apis__pb2.PredictRequest.SerializeToString,
                 response_deserializer=serving_dot_proto_dot_apis__pb2.PredictResponse.FromString,
+                _registered_method=True)
+        self.MultiInference = channel.unary_unary(
+                '/tensorflow.serving.PredictionService/MultiInference',
+                request_serializer=serving_dot_proto_dot_apis__pb2.MultiInferenceRequest.SerializeToString,
+                response_deserializer=serving_dot_proto_dot_apis__pb2.MultiInferenceResponse.FromString,
                 _registered_method=True)
         self.GetModelMetadata = channel.unary_unary(
                 '/tensorflow.serving.PredictionService/GetModelMetadata',
@@ -60,7 +70,19 @@ class PredictionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Regress(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Predict(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MultiInference(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -80,10 +102,20 @@ def add_PredictionServiceServicer_to_server(servicer, server):
                     request_deserializer=serving_dot_proto_dot_apis__pb2.ClassificationRequest.FromString,
                     response_serializer=serving_dot_proto_dot_apis__pb2.ClassificationResponse.SerializeToString,
             ),
+            'Regress': grpc.unary_unary_rpc_method_handler(
+                    servicer.Regress,
+                    request_deserializer=serving_dot_proto_dot_apis__pb2.RegressionRequest.FromString,
+                    response_serializer=serving_dot_proto_dot_apis__pb2.RegressionResponse.SerializeToString,
+            ),
             'Predict': grpc.unary_unary_rpc_method_handler(
                     servicer.Predict,
                     request_deserializer=serving_dot_proto_dot_apis__pb2.PredictRequest.FromString,
                     response_serializer=serving_dot_proto_dot_apis__pb2.PredictResponse.SerializeToString,
+            ),
+            'MultiInference': grpc.unary_unary_rpc_method_handler(
+                    servicer.MultiInference,
+                    request_deserializer=serving_dot_proto_dot_apis__pb2.MultiInferenceRequest.FromString,
+                    response_serializer=serving_dot_proto_dot_apis__pb2.MultiInferenceResponse.SerializeToString,
             ),
             'GetModelMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelMetadata,
@@ -129,6 +161,33 @@ class PredictionService:
             _registered_method=True)
 
     @staticmethod
+    def Regress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorflow.serving.PredictionService/Regress',
+            serving_dot_proto_dot_apis__pb2.RegressionRequest.SerializeToString,
+            serving_dot_proto_dot_apis__pb2.RegressionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Predict(request,
             target,
             options=(),
@@ -145,6 +204,33 @@ class PredictionService:
             '/tensorflow.serving.PredictionService/Predict',
             serving_dot_proto_dot_apis__pb2.PredictRequest.SerializeToString,
             serving_dot_proto_dot_apis__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MultiInference(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorflow.serving.PredictionService/MultiInference',
+            serving_dot_proto_dot_apis__pb2.MultiInferenceRequest.SerializeToString,
+            serving_dot_proto_dot_apis__pb2.MultiInferenceResponse.FromString,
             options,
             channel_credentials,
             insecure,

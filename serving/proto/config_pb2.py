@@ -22,44 +22,67 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import wrappers_pb2 as google_dot_protobuf_dot_wrappers__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aserving/proto/config.proto\x12\x12tensorflow.serving\x1a\x1egoogle/protobuf/wrappers.proto\"\xc3\x03\n!FileSystemStoragePathSourceConfig\x1a\x9d\x03\n\x15ServableVersionPolicy\x12\x64\n\x06latest\x18\x64 \x01(\x0b\x32R.tensorflow.serving.FileSystemStoragePathSourceConfig.ServableVersionPolicy.LatestH\x00\x12^\n\x03\x61ll\x18\x65 \x01(\x0b\x32O.tensorflow.serving.FileSystemStoragePathSourceConfig.ServableVersionPolicy.AllH\x00\x12h\n\x08specific\x18\x66 \x01(\x0b\x32T.tensorflow.serving.FileSystemStoragePathSourceConfig.ServableVersionPolicy.SpecificH\x00\x1a\x1e\n\x06Latest\x12\x14\n\x0cnum_versions\x18\x01 \x01(\r\x1a\x05\n\x03\x41ll\x1a\x1c\n\x08Specific\x12\x10\n\x08versions\x18\x01 \x03(\x03\x42\x0f\n\rpolicy_choice\"\xe6\x02\n\x0bModelConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tbase_path\x18\x02 \x01(\t\x12\x31\n\nmodel_type\x18\x03 \x01(\x0e\x32\x1d.tensorflow.serving.ModelType\x12\x16\n\x0emodel_platform\x18\x04 \x01(\t\x12i\n\x14model_version_policy\x18\x07 \x01(\x0b\x32K.tensorflow.serving.FileSystemStoragePathSourceConfig.ServableVersionPolicy\x12J\n\x0eversion_labels\x18\x08 \x03(\x0b\x32\x32.tensorflow.serving.ModelConfig.VersionLabelsEntry\x1a\x34\n\x12VersionLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"B\n\x0fModelConfigList\x12/\n\x06\x63onfig\x18\x01 \x03(\x0b\x32\x1f.tensorflow.serving.ModelConfig\"_\n\x11ModelServerConfig\x12@\n\x11model_config_list\x18\x01 \x01(\x0b\x32#.tensorflow.serving.ModelConfigListH\x00\x42\x08\n\x06\x63onfig\"\xf0\x02\n\x12\x42\x61tchingParameters\x12\x33\n\x0emax_batch_size\x18\x01 \x01(\x0b\x32\x1b.google.protobuf.Int64Value\x12\x39\n\x14\x62\x61tch_timeout_micros\x18\x02 \x01(\x0b\x32\x1b.google.protobuf.Int64Value\x12\x39\n\x14max_enqueued_batches\x18\x03 \x01(\x0b\x32\x1b.google.protobuf.Int64Value\x12\x36\n\x11num_batch_threads\x18\x04 \x01(\x0b\x32\x1b.google.protobuf.Int64Value\x12\x36\n\x10thread_pool_name\x18\x05 \x01(\x0b\x32\x1c.google.protobuf.StringValue\x12\x1b\n\x13\x61llowed_batch_sizes\x18\x06 \x03(\x03\x12\"\n\x1apad_variable_length_inputs\x18\x07 \x01(\x08\"0\n\x10PrometheusConfig\x12\x0e\n\x06\x65nable\x18\x01 \x01(\x08\x12\x0c\n\x04path\x18\x02 \x01(\t\"S\n\x10MonitoringConfig\x12?\n\x11prometheus_config\x18\x01 \x01(\x0b\x32$.tensorflow.serving.PrometheusConfig\"^\n\tSSLConfig\x12\x12\n\nserver_key\x18\x01 \x01(\t\x12\x13\n\x0bserver_cert\x18\x02 \x01(\t\x12\x11\n\tcustom_ca\x18\x03 \x01(\t\x12\x15\n\rclient_verify\x18\x04 \x01(\x08*B\n\tModelType\x12\x1a\n\x16MODEL_TYPE_UNSPECIFIED\x10\x00\x12\x0e\n\nTENSORFLOW\x10\x01\x12\t\n\x05OTHER\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aserving/proto/config.proto\x12\x12tensorflow.serving\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/wrappers.proto\"\xde\x06\n!FileSystemStoragePathSourceConfig\x12Z\n\tservables\x18\x05 \x03(\x0b\x32G.tensorflow.serving.FileSystemStoragePathSourceConfig.ServableToMonitor\x12%\n\x1d\x66ile_system_poll_wait_seconds\x18\x03 \x01(\x03\x12,\n fail_if_zero_versions_at_startup\x18\x04 \x01(\x08\x42\x02\x18\x01\x12(\n servable_versions_always_present\x18\x06 \x01(\x08\x1a\x9d\x03\n\x15ServableVersionPolicy\x12\x64\n\x06latest\x18\x64 \x01(\x0b\x32R.tensorflow.serving.FileSystemStoragePathSourceConfig.ServableVersionPolicy.LatestH\x00\x12^\n\x03\x61ll\x18\x65 \x01(\x0b\x32O.tensorflow.serving.FileSystemStoragePathSourceConfig.ServableVersionPolicy.AllH\x00\x12h\n\x08specific\x18\x66 \x01(\x0b\x32T.tensorflow.serving.FileSystemStoragePathSourceConfig.ServableVersionPolicy.SpecificH\x00\x1a\x1e\n\x06Latest\x12\x14\n\x0cnum_versions\x18\x01 \x01(\r\x1a\x05\n\x03\x41ll\x1a\x1c\n\x08Specific\x12\x10\n\x08versions\x18\x01 \x03(\x03\x42\x0f\n\rpolicy_choice\x1a\xb1\x01\n\x11ServableToMonitor\x12\x15\n\rservable_name\x18\x01 \x01(\t\x12\x11\n\tbase_path\x18\x02 \x01(\t\x12l\n\x17servable_version_policy\x18\x04 \x01(\x0b\x32K.tensorflow.serving.FileSystemStoragePathSourceConfig.ServableVersionPolicyJ\x04\x08\x03\x10\x04J\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03\";\n\x12LogCollectorConfig\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x17\n\x0f\x66ilename_prefix\x18\x02 \x01(\t\"b\n\x15PerTaskSamplingConfig\x12\n\n\x02\x64\x63\x18\x01 \x01(\t\x12\x17\n\ntask_index\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x15\n\rsampling_rate\x18\x03 \x01(\x01\x42\r\n\x0b_task_index\"\xe0\x01\n\x0eSamplingConfig\x12\x15\n\rsampling_rate\x18\x01 \x01(\x01\x12L\n\x19per_task_sampling_configs\x18\x03 \x03(\x0b\x32).tensorflow.serving.PerTaskSamplingConfig\x12\x12\n\nattributes\x18\x02 \x01(\x05\"U\n\nAttributes\x12\x10\n\x0c\x41TTR_DEFAULT\x10\x00\x12\x17\n\x13\x41TTR_REQUEST_ORIGIN\x10\x01\x12\x1c\n\x18\x41TTR_REQUEST_CRITICALITY\x10\x02\"\xc7\x01\n\rLoggingConfig\x12\x44\n\x14log_collector_config\x18\x01 \x01(\x0b\x32&.tensorflow.serving.LogCollectorConfig\x12;\n\x0fsampling_config\x18\x02 \x01(\x0b\x32\".tensorflow.serving.SamplingConfig\x12\x33\n\x15\x63ustom_logging_config\x18\x03 \x01(\x0b\x32\x14.google.protobuf.Any\"\xb1\x03\n\x0bModelConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tbase_path\x18\x02 \x01(\t\x12\x35\n\nmodel_type\x18\x03 \x01(\x0e\x32\x1d.tensorflow.serving.ModelTypeB\x02\x18\x01\x12\x16\n\x0emodel_platform\x18\x04 \x01(\t\x12i\n\x14model_version_policy\x18\x07 \x01(\x0b\x32K.tensorflow.serving.FileSystemStoragePathSourceConfig.ServableVersionPolicy\x12J\n\x0eversion_labels\x18\x08 \x03(\x0b\x32\x32.tensorflow.serving.ModelConfig.VersionLabelsEntry\x12\x39\n\x0elogging_config\x18\x06 \x01(\x0b\x32!.tensorflow.serving.LoggingConfig\x1a\x34\n\x12VersionLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01J\x04\x08\x05\x10\x06J\x04\x08\t\x10\n\"B\n\x0fModelConfigList\x12/\n\x06\x63onfig\x18\x01 \x03(\x0b\x32\x1f.tensorflow.serving.ModelConfig\"\x94\x01\n\x11ModelServerConfig\x12@\n\x11model_config_list\x18\x01 \x01(\x0b\x32#.tensorflow.serving.ModelConfigListH\x00\x12\x33\n\x13\x63ustom_model_config\x18\x02 \x01(\x0b\x32\x14.google.protobuf.AnyH\x00\x42\x08\n\x06\x63onfig\"\xf1\x03\n\x12\x42\x61tchingParameters\x12\x33\n\x0emax_batch_size\x18\x01 \x01(\x0b\x32\x1b.google.protobuf.Int64Value\x12\x39\n\x14\x62\x61tch_timeout_micros\x18\x02 \x01(\x0b\x32\x1b.google.protobuf.Int64Value\x12\x39\n\x14max_enqueued_batches\x18\x03 \x01(\x0b\x32\x1b.google.protobuf.Int64Value\x12\x36\n\x11num_batch_threads\x18\x04 \x01(\x0b\x32\x1b.google.protobuf.Int64Value\x12\x36\n\x10thread_pool_name\x18\x05 \x01(\x0b\x32\x1c.google.protobuf.StringValue\x12@\n\x1c\x65nable_large_batch_splitting\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.BoolValue\x12=\n\x18max_execution_batch_size\x18\t \x01(\x0b\x32\x1b.google.protobuf.Int64Value\x12\x1b\n\x13\x61llowed_batch_sizes\x18\x06 \x03(\x03\x12\"\n\x1apad_variable_length_inputs\x18\x07 \x01(\x08\"0\n\x10PrometheusConfig\x12\x0e\n\x06\x65nable\x18\x01 \x01(\x08\x12\x0c\n\x04path\x18\x02 \x01(\t\"S\n\x10MonitoringConfig\x12?\n\x11prometheus_config\x18\x01 \x01(\x0b\x32$.tensorflow.serving.PrometheusConfig\"^\n\tSSLConfig\x12\x12\n\nserver_key\x18\x01 \x01(\t\x12\x13\n\x0bserver_cert\x18\x02 \x01(\t\x12\x11\n\tcustom_ca\x18\x03 \x01(\t\x12\x15\n\rclient_verify\x18\x04 \x01(\x08*N\n\tModelType\x12\x1e\n\x16MODEL_TYPE_UNSPECIFIED\x10\x00\x1a\x02\x08\x01\x12\x12\n\nTENSORFLOW\x10\x01\x1a\x02\x08\x01\x12\r\n\x05OTHER\x10\x02\x1a\x02\x08\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'serving.proto.config_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_MODELTYPE'].values_by_name["MODEL_TYPE_UNSPECIFIED"]._loaded_options = None
+  _globals['_MODELTYPE'].values_by_name["MODEL_TYPE_UNSPECIFIED"]._serialized_options = b'\010\001'
+  _globals['_MODELTYPE'].values_by_name["TENSORFLOW"]._loaded_options = None
+  _globals['_MODELTYPE'].values_by_name["TENSORFLOW"]._serialized_options = b'\010\001'
+  _globals['_MODELTYPE'].values_by_name["OTHER"]._loaded_options = None
+  _globals['_MODELTYPE'].values_by_name["OTHER"]._serialized_options = b'\010\001'
+  _globals['_FILESYSTEMSTORAGEPATHSOURCECONFIG'].fields_by_name['fail_if_zero_versions_at_startup']._loaded_options = None
+  _globals['_FILESYSTEMSTORAGEPATHSOURCECONFIG'].fields_by_name['fail_if_zero_versions_at_startup']._serialized_options = b'\030\001'
   _globals['_MODELCONFIG_VERSIONLABELSENTRY']._loaded_options = None
   _globals['_MODELCONFIG_VERSIONLABELSENTRY']._serialized_options = b'8\001'
-  _globals['_MODELTYPE']._serialized_start=1664
-  _globals['_MODELTYPE']._serialized_end=1730
-  _globals['_FILESYSTEMSTORAGEPATHSOURCECONFIG']._serialized_start=83
-  _globals['_FILESYSTEMSTORAGEPATHSOURCECONFIG']._serialized_end=534
-  _globals['_FILESYSTEMSTORAGEPATHSOURCECONFIG_SERVABLEVERSIONPOLICY']._serialized_start=121
-  _globals['_FILESYSTEMSTORAGEPATHSOURCECONFIG_SERVABLEVERSIONPOLICY']._serialized_end=534
-  _globals['_FILESYSTEMSTORAGEPATHSOURCECONFIG_SERVABLEVERSIONPOLICY_LATEST']._serialized_start=450
-  _globals['_FILESYSTEMSTORAGEPATHSOURCECONFIG_SERVABLEVERSIONPOLICY_LATEST']._serialized_end=480
-  _globals['_FILESYSTEMSTORAGEPATHSOURCECONFIG_SERVABLEVERSIONPOLICY_ALL']._serialized_start=482
-  _globals['_FILESYSTEMSTORAGEPATHSOURCECONFIG_SERVABLEVERSIONPOLICY_ALL']._serialized_end=487
-  _globals['_FILESYSTEMSTORAGEPATHSOURCECONFIG_SERVABLEVERSIONPOLICY_SPECIFIC']._serialized_start=489
-  _globals['_FILESYSTEMSTORAGEPATHSOURCECONFIG_SERVABLEVERSIONPOLICY_SPECIFIC']._serialized_end=517
-  _globals['_MODELCONFIG']._serialized_start=537
-  _globals['_MODELCONFIG']._serialized_end=895
-  _globals['_MODELCONFIG_VERSIONLABELSENTRY']._serialized_start=843
-  _globals['_MODELCONFIG_VERSIONLABELSENTRY']._serialized_end=895
-  _globals['_MODELCONFIGLIST']._serialized_start=897
-  _globals['_MODELCONFIGLIST']._serialized_end=963
-  _globals['_MODELSERVERCONFIG']._serialized_start=965
-  _globals['_MODELSERVERCONFIG']._serialized_end=1060
-  _globals['_BATCHINGPARAMETERS']._serialized_start=1063
-  _globals['_BATCHINGPARAMETERS']._serialized_end=1431
-  _globals['_PROMETHEUSCONFIG']._serialized_start=1433
-  _globals['_PROMETHEUSCONFIG']._serialized_end=1481
-  _globals['_MONITORINGCONFIG']._serialized_start=1483
-  _globals['_MONITORINGCONFIG']._serialized_end=1566
-  _globals['_SSLCONFIG']._serialized_start=1568
-  _globals['_SSLCONFIG']._serialized_end=1662
+  _globals['_MODELCONFIG'].fields_by_name['model_type']._loaded_options = None
+  _globals['_MODELCONFIG'].fields_by_name['model_type']._serialized_options = b'\030\001'
+  _globals['_MODELTYPE']._serialized_start=2950
+  _globals['_MODELTYPE']._serialized_end=3028
+  _globals['_FILESYSTEMSTORAGEPATHSOURCECONFIG']._serialized_start=110
+  _globals['_FILESYSTEMSTORAGEPATHSOURCECONFIG']._serialized_end=972
+  _globals['_FILESYSTEMSTORAGEPATHSOURCECONFIG_SERVABLEVERSIONPOLICY']._serialized_start=367
+  _globals['_FILESYSTEMSTORAGEPATHSOURCECONFIG_SERVABLEVERSIONPOLICY']._serialized_end=780
+  _globals['_FILESYSTEMSTORAGEPATHSOURCECONFIG_SERVABLEVERSIONPOLICY_LATEST']._serialized_start=696
+  _globals['_FILESYSTEMSTORAGEPATHSOURCECONFIG_SERVABLEVERSIONPOLICY_LATEST']._serialized_end=726
+  _globals['_FILESYSTEMSTORAGEPATHSOURCECONFIG_SERVABLEVERSIONPOLICY_ALL']._serialized_start=728
+  _globals['_FILESYSTEMSTORAGEPATHSOURCECONFIG_SERVABLEVERSIONPOLICY_ALL']._serialized_end=733
+  _globals['_FILESYSTEMSTORAGEPATHSOURCECONFIG_SERVABLEVERSIONPOLICY_SPECIFIC']._serialized_start=735
+  _globals['_FILESYSTEMSTORAGEPATHSOURCECONFIG_SERVABLEVERSIONPOLICY_SPECIFIC']._serialized_end=763
+  _globals['_FILESYSTEMSTORAGEPATHSOURCECONFIG_SERVABLETOMONITOR']._serialized_start=783
+  _globals['_FILESYSTEMSTORAGEPATHSOURCECONFIG_SERVABLETOMONITOR']._serialized_end=960
+  _globals['_LOGCOLLECTORCONFIG']._serialized_start=974
+  _globals['_LOGCOLLECTORCONFIG']._serialized_end=1033
+  _globals['_PERTASKSAMPLINGCONFIG']._serialized_start=1035
+  _globals['_PERTASKSAMPLINGCONFIG']._serialized_end=1133
+  _globals['_SAMPLINGCONFIG']._serialized_start=1136
+  _globals['_SAMPLINGCONFIG']._serialized_end=1360
+  _globals['_SAMPLINGCONFIG_ATTRIBUTES']._serialized_start=1275
+  _globals['_SAMPLINGCONFIG_ATTRIBUTES']._serialized_end=1360
+  _globals['_LOGGINGCONFIG']._serialized_start=1363
+  _globals['_LOGGINGCONFIG']._serialized_end=1562
+  _globals['_MODELCONFIG']._serialized_start=1565
+  _globals['_MODELCONFIG']._serialized_end=1998
+  _globals['_MODELCONFIG_VERSIONLABELSENTRY']._serialized_start=1934
+  _globals['_MODELCONFIG_VERSIONLABELSENTRY']._serialized_end=1986
+  _globals['_MODELCONFIGLIST']._serialized_start=2000
+  _globals['_MODELCONFIGLIST']._serialized_end=2066
+  _globals['_MODELSERVERCONFIG']._serialized_start=2069
+  _globals['_MODELSERVERCONFIG']._serialized_end=2217
+  _globals['_BATCHINGPARAMETERS']._serialized_start=2220
+  _globals['_BATCHINGPARAMETERS']._serialized_end=2717
+  _globals['_PROMETHEUSCONFIG']._serialized_start=2719
+  _globals['_PROMETHEUSCONFIG']._serialized_end=2767
+  _globals['_MONITORINGCONFIG']._serialized_start=2769
+  _globals['_MONITORINGCONFIG']._serialized_end=2852
+  _globals['_SSLCONFIG']._serialized_start=2854
+  _globals['_SSLCONFIG']._serialized_end=2948
 # @@protoc_insertion_point(module_scope)

@@ -15,6 +15,7 @@ from serving.admission import Admission
 from serving.auth import TokenFile
 from serving.dataplane import DataPlane
 from serving.metrics import Metrics
+from serving.reload import ConfigReloader
 from serving.repository import Repository
 
 
@@ -27,6 +28,7 @@ class Services:
     health: health.aio.HealthServicer
     auth: TokenFile | None = None
     auth_exempt: tuple[str, ...] = ("health", "metrics")
+    reloader: ConfigReloader | None = None  # HandleReloadConfigRequest (None: not offered)
 
     def tokens_for(self, *apis: str) -> dict[str, TokenFile]:
         """{api: the tokens it requires} for those of `apis` that require one ("status" exempts

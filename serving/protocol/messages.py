@@ -5,9 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Mapping
 
-import numpy as np
-
-from serving.backends import Signature
+from serving.backends import Signature, TensorMeta
 from serving.codec import data_type
 from serving.proto import apis_pb2, meta_graph_pb2, tensor_pb2
 from serving.repository import ModelVersion
@@ -31,21 +29,41 @@ def _model_spec(name: str, version: int, signature: str) -> apis_pb2.ModelSpec:
 def signature_def_map(signatures: Mapping[str, Signature]) -> apis_pb2.SignatureDefMap:
     result = apis_pb2.SignatureDefMap()
     for name, signature in signatures.items():
-        definition = result.signature_def[name]
-        definition.method_name = signature.method
-        for key, meta in signature.inputs.items():
-            _tensor_info(definition.inputs[key], f"{name}_{key}:0", meta.dtype, meta.shape)
-        for key, meta in signature.outputs.items():
-            _tensor_info(definition.outputs[key], f"{name}_{key}:0", meta.dtype, meta.shape)
+        result.signature_def[name].CopyFrom(signature_def(name, signature))
     return result
 
 
-def _tensor_info(
-    info: meta_graph_pb2.TensorInfo, tensor_name: str, dtype: np.dtype, shape: Iterable[int]
+def signature_def(name: str, signature: Signature) -> meta_graph_pb2.SignatureDef:
+    """One signature as a SignatureDef. A SavedModel's tensors carry their graph names (`x:0`) and
+    may have an unknown rank (`GraphTensor`); ONNX signatures get `<signature>_<key>:0`."""
+    definition = meta_graph_pb2.SignatureDef(method_name=signature.method)
+    for key, meta in signature.inputs.items():
+        _tensor_info(definition.inputs[key], name, key, meta)
+    for key, meta in signature.outputs.items():
+        _tensor_info(definition.outputs[key], name, key, meta)
+    return definition
+
+
+def _tensor_info(info: meta_graph_pb2.TensorInfo, signature: str, key: str, meta: TensorMeta) -> None:
+    info.name = getattr(meta, "tensor_name", "") or f"{signature}_{key}:0"
+    info.dtype = data_type(meta.dtype)  # type: ignore[assignment]
+    if getattr(meta, "unknown_rank", False):
+        info.tensor_shape.unknown_rank = True
+    else:
+        info.tensor_shape.dim.extend(tensor_pb2.TensorShapeProto.Dim(size=int(d)) for d in meta.shape)
+
+
+def classification_result(
+    classes: Iterable[Iterable[tuple[str, float]]], result: apis_pb2.ClassificationResult
 ) -> None:
-    info.name = tensor_name
-    info.dtype = data_type(dtype)  # type: ignore[assignment]
-    info.tensor_shape.dim.extend(tensor_pb2.TensorShapeProto.Dim(size=int(d)) for d in shape)
+    """Fill `result` with (label, score) per class per example."""
+    for row in classes:
+        result.classifications.add().classes.extend(apis_pb2.Class(label=label, score=score) for label, score in row)
+
+
+def regression_result(values: Iterable[float], result: apis_pb2.RegressionResult) -> None:
+    """Fill `result` with one value per example."""
+    result.regressions.extend(apis_pb2.Regression(value=value) for value in values)
 
 
 def metadata_response(

@@ -61,6 +61,7 @@ CONTRACT_FLAGS = {
     "grpc_max_message_bytes",
     "backend",
     "onnx_providers",
+    "onnx_require_accelerator",  # GPU overlays: fail a load that got no GPU instead of using the CPU
     "drain_seconds",
     "tensorflow_intra_op_parallelism",
     "grpc_channel_arguments",  # tensorflow_model_server's own flag
@@ -83,6 +84,7 @@ TF_SERVING_FLAGS = {
     "grpc_max_threads",
     "rest_api_num_threads",
     "rest_api_timeout_in_ms",
+    "enable_grpc_healthcheck_service",
 }
 CONFIG_FLAGS = ("model_config_file", "batching_parameters_file", "monitoring_config_file")
 # The exec probe of components/secure: the image's Python runs this script, mounted from a ConfigMap.
@@ -384,6 +386,7 @@ def test_server_parses_its_manifest_configuration(target: str, tmp_path: Path) -
         else ("CPUExecutionProvider",)
     )
     assert config.onnx_providers == expected_providers
+    assert config.onnx_require_accelerator == target.startswith("gpu")
 
 
 def test_model_config_lists_the_three_models() -> None:
@@ -513,6 +516,7 @@ def test_gpu_overlay_requests_a_gpu_on_gpu_nodes(target: str) -> None:
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert flag_values(server["args"])["onnx_providers"] == "CUDAExecutionProvider,CPUExecutionProvider"
+    assert flag_values(server["args"])["onnx_require_accelerator"] == "true"
 
 
 def test_cpu_overlay_requests_no_gpu() -> None:
@@ -540,9 +544,16 @@ def test_tfserving_overlay_serves_the_same_repository_with_stock_tf_serving() ->
     assert files == configmap_files(
         render("cpu"), server_deployment(render("cpu"))["spec"]["template"]["spec"], server
     )
-    # TF Serving does not implement grpc.health.v1.
-    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert "grpc" not in server[kind], kind
+    # TF Serving's grpc.health.v1 (behind --enable_grpc_healthcheck_service) says SERVING once the
+    # port is open: start-up and liveness ask it for "" (it knows no "liveness" service), readiness
+    # asks the REST model status.
+    from serving.protocol.grpc.server import TF_SERVING_HEALTH_SERVICES
+
+    assert flags["enable_grpc_healthcheck_service"] == "true"
+    for kind in ("startupProbe", "livenessProbe"):
+        assert server[kind]["grpc"]["port"] == 8500, kind
+        assert server[kind]["grpc"].get("service", "") in ("", *TF_SERVING_HEALTH_SERVICES), kind
+    assert "grpc" not in server["readinessProbe"]
     assert server["readinessProbe"]["httpGet"]["path"] == "/v1/models/digits"
 
 

@@ -194,3 +194,80 @@ async def test_an_inline_batch_that_fails_fails_only_its_callers() -> None:
         await batcher.submit({"x": -np.ones((1, 1), np.float32)})
     assert (await batcher.submit({"x": np.ones((1, 1), np.float32)}))["y"].shape == (1, 1)
     assert batcher.queued_rows == 0
+
+
+# -- TF Serving's enable_large_batch_splitting and pad_variable_length_inputs -------------------
+
+
+def splitting(**overrides: int | tuple[int, ...]) -> BatchingConfig:
+    values: dict[str, object] = {
+        "max_batch_size": 12,
+        "max_execution_batch_size": 4,
+        "enable_large_batch_splitting": True,
+        "batch_timeout_micros": 0,
+        "max_enqueued_batches": 8,
+        "num_batch_threads": 2,
+    }
+    values.update(overrides)
+    return BatchingConfig(**values)  # type: ignore[arg-type]
+
+
+async def test_a_request_over_the_execution_size_is_split_and_joined_in_order() -> None:
+    engine = Recorder(delay=0.01)
+    batcher = Batcher(engine, splitting())
+    rows = np.arange(12, dtype=np.float32).reshape(12, 1)  # 3 x max_execution_batch_size
+    result = await batcher.submit({"x": rows})
+    np.testing.assert_array_equal(result["y"], rows * 2)
+    assert engine.sizes == [4, 4, 4]
+    assert batcher.queued_rows == 0
+
+
+async def test_the_first_piece_fills_the_batch_being_formed() -> None:
+    engine = Recorder()
+    batcher = Batcher(engine, splitting(batch_timeout_micros=50_000, num_batch_threads=1))
+    small = np.full((3, 1), -1, np.float32)
+    big = np.arange(9, dtype=np.float32).reshape(9, 1)
+    # Same event-loop turn: the 3-row request is queued first, the 9-row one is split 1 + 4 + 4.
+    got_small, got_big = await asyncio.gather(batcher.submit({"x": small}), batcher.submit({"x": big}))
+    np.testing.assert_array_equal(got_small["y"], small * 2)
+    np.testing.assert_array_equal(got_big["y"], big * 2)
+    assert engine.sizes == [4, 4, 4]
+
+
+async def test_a_failed_piece_fails_the_request_and_leaves_nothing_queued() -> None:
+    calls = 0
+
+    def second_fails(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("engine broke")
+        return {"y": inputs["x"] * 2}
+
+    batcher = Batcher(second_fails, splitting(num_batch_threads=1))
+    with pytest.raises(RuntimeError, match="engine broke"):
+        await batcher.submit({"x": np.ones((12, 1), np.float32)})
+    assert batcher.queued_rows == 0
+
+
+async def test_without_splitting_no_batch_is_cut_below_max_batch_size() -> None:
+    engine = Recorder()
+    batcher = Batcher(engine, splitting(enable_large_batch_splitting=False))
+    await batcher.submit({"x": np.ones((12, 1), np.float32)})
+    assert engine.sizes == [12]  # max_execution_batch_size is read only with splitting, as in TF Serving
+
+
+async def test_variable_length_inputs_are_padded_with_their_first_element() -> None:
+    seen: list[tuple[int, ...]] = []
+
+    def engine(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        seen.append(inputs["x"].shape)
+        return {"y": inputs["x"] + 0}
+
+    batcher = Batcher(engine, config(pad_variable_length_inputs=True))
+    short = np.array([[7, 1]], np.float32)
+    long = np.array([[5, 6, 8, 9]], np.float32)
+    got_short, got_long = await asyncio.gather(batcher.submit({"x": short}), batcher.submit({"x": long}))
+    assert seen == [(2, 4)]  # one batch
+    np.testing.assert_array_equal(got_short["y"], [[7, 1, 7, 7]])  # padded as TF Serving pads
+    np.testing.assert_array_equal(got_long["y"], long)

@@ -152,3 +152,49 @@ def test_from_numpy_fills_a_given_proto_in_place() -> None:
     filled = codec.from_numpy(array, response.outputs["probabilities"])
     assert filled is response.outputs["probabilities"]
     np.testing.assert_array_equal(codec.to_numpy(response.outputs["probabilities"]), array)
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [np.float32, np.float64, np.float16, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+     np.uint32, np.uint64, np.bool_, np.complex64, np.complex128],
+)  # fmt: skip
+def test_typed_fields_round_trip_every_dtype(dtype: type) -> None:
+    """TF Serving's default Predict answer (`AsProtoField`): values in float_val, int_val, ..."""
+    values = (np.arange(12).reshape(3, 4) % 5 * (1 if np.dtype(dtype).kind in "ub" else -1)).astype(dtype)
+    proto = tensor_pb2.TensorProto.FromString(codec.from_numpy(values, tensor_content=False).SerializeToString())
+    assert not proto.tensor_content
+    back = codec.to_numpy(proto)
+    assert back.dtype == values.dtype and back.shape == (3, 4)
+    np.testing.assert_array_equal(back, values)
+
+
+def test_float_val_holds_the_values_themselves() -> None:
+    proto = codec.from_numpy(np.array([3.0, -0.5], np.float32), tensor_content=False)
+    assert list(proto.float_val) == [3.0, -0.5] and [d.size for d in proto.tensor_shape.dim] == [2]
+
+
+def test_json_features_are_typed_by_their_json_values() -> None:
+    assert codec.json_feature("x", 2.0).dtype == np.float32
+    assert codec.json_feature("x", [1, True]).tolist() == [1, 1]  # integers and booleans: int64
+    assert codec.json_feature("x", [1, 2.5]).tolist() == [1.0, 2.5]
+    assert codec.json_feature("x", ["a", {"b64": "AAE="}]).tolist() == [b"a", b"\x00\x01"]
+    assert codec.json_feature("x", [[1.0], [2.0]]).tolist() == [1.0, 2.0]
+    with pytest.raises(InvalidArgument, match="unexpected JSON type: null"):
+        codec.json_feature("x", [1.0, None])
+    with pytest.raises(InvalidArgument, match="expecting type: bytes"):
+        codec.json_feature("x", ["a", 1])
+    with pytest.raises(InvalidArgument, match="Only int64_t"):
+        codec.json_feature("x", 2**64)
+
+
+def test_example_bytes_is_a_tf_example() -> None:
+    from serving.proto import example_pb2
+
+    raw = codec.example_bytes(
+        {"x": np.array([2.0], np.float32), "n": np.array([3], np.int64), "s": np.array([b"a"], object)}
+    )
+    features = example_pb2.Example.FromString(raw).features.feature
+    assert list(features["x"].float_list.value) == [2.0]
+    assert list(features["n"].int64_list.value) == [3]
+    assert list(features["s"].bytes_list.value) == [b"a"]

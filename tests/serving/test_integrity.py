@@ -275,8 +275,13 @@ async def test_a_folder_without_its_manifest_is_an_export_in_progress(
     base = tmp_path / "models" / "tiny"
     _publish(base, 1)
     partial = _publish(base, 2)
-    manifest = (partial / MANIFEST_FILE).read_bytes()
-    (partial / MANIFEST_FILE).unlink()  # as if the copy had not reached it yet
+    # A copy of an export (they hold model.onnx and the SavedModel) that has not reached the
+    # manifest yet. (A folder with model.onnx alone is the user's bare model: served as it is.)
+    (partial / "saved_model.pb").write_bytes(b"\x08\x01")
+    manifest_json = json.loads((partial / MANIFEST_FILE).read_bytes())
+    manifest_json["files"]["saved_model.pb"] = sha256_file(partial / "saved_model.pb")
+    manifest = json.dumps(manifest_json).encode()
+    (partial / MANIFEST_FILE).unlink()
     repository, loader = _repository({"tiny": base})
     for _ in range(3):
         await repository.sync()

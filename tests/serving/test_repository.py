@@ -17,7 +17,16 @@ from serving.backends import BackendOptions, Signature, TensorMeta
 from serving.config import ModelConfig, VersionPolicy
 from serving.errors import NotFound, Unavailable
 from serving.manifest import Manifest, write_manifest
-from serving.repository import EngineCost, Repository, State, warm_up
+from serving.repository import (
+    EngineCost,
+    Repository,
+    State,
+    scan_versions,
+    version_folder,
+    version_folders,
+    version_number,
+    warm_up,
+)
 
 SIGNATURE = Signature(
     "serving_default",
@@ -195,3 +204,49 @@ def test_available_cpus_honours_a_cgroup_quota(tmp_path: Path) -> None:
     assert available_cpus(tmp_path / "limited") == min(cpus, 2)
     assert available_cpus(tmp_path / "unlimited") == cpus
     assert available_cpus(tmp_path / "absent") == cpus
+
+
+@pytest.mark.parametrize(
+    ("name", "number"),
+    [
+        ("123", 123),
+        ("00000123", 123),  # TF Serving's own test models live in `00000123`
+        ("0", None),
+        ("000", None),
+        ("-1", None),
+        ("1.5", None),
+        ("v1", None),
+        ("²", None),  # str.isdigit() says yes
+        ("\uff11\uff12", None),  # full-width digits
+        (str(2**63 - 1), 2**63 - 1),
+        (str(2**63), None),  # beyond int64
+    ],
+)
+def test_version_numbers_of_folder_names(name: str, number: int | None) -> None:
+    assert version_number(name) == number
+
+
+def test_version_folders_keep_their_real_names(tmp_path: Path) -> None:
+    for name in ("00000123", "7", "007", "0008", "tmp-9", "0"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "11").write_text("a file, not a version")
+    assert version_folders(tmp_path) == {
+        123: tmp_path / "00000123",
+        7: tmp_path / "7",  # the name without leading zeros wins over `007`
+        8: tmp_path / "0008",
+    }
+    assert version_folder(tmp_path, 123) == tmp_path / "00000123"
+    assert version_folder(tmp_path, 5) == tmp_path / "5"  # none on disk: the plain name
+    assert version_folder(tmp_path / "missing", 5) == tmp_path / "missing" / "5"
+
+
+async def test_a_leading_zero_version_folder_loads_from_its_own_path(tmp_path: Path) -> None:
+    (tmp_path / "00000123").mkdir()
+    write_manifest(tmp_path / "00000123", Manifest("m", 123, "test", (), {}))
+    (tmp_path / "0000124").mkdir()  # not complete yet: no manifest
+    assert scan_versions(tmp_path, "onnx") == ([123], [124])
+    repository = _repository(tmp_path)
+    await repository.sync()
+    version = repository.resolve("m")
+    assert (version.version, version.path) == (123, tmp_path / "00000123")
+    assert [backend.path for backend in repository.loaded] == [tmp_path / "00000123"]  # type: ignore[attr-defined]

@@ -278,8 +278,9 @@ def test_model_status_health_and_reflection(server: ServerProcess) -> None:
         request.model_spec.name = "ghost"
         code, _ = _code(lambda: models.GetModelStatus(request, timeout=10))
         assert code == grpc.StatusCode.NOT_FOUND
+        # No config at all: TF Serving's answer (reloads are tested in test_reload.py).
         code, _ = _code(lambda: models.HandleReloadConfigRequest(apis_pb2.ReloadConfigRequest(), timeout=10))
-        assert code == grpc.StatusCode.UNIMPLEMENTED
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
 
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "tensorflow.serving.PredictionService"):

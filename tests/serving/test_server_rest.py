@@ -165,7 +165,8 @@ def test_concurrent_requests_are_batched(server: ServerProcess, repo: Path) -> N
         ("/v1/models/tiny:predict", {"instances": [[[["NaN"]] * 28] * 28]}, 400, "NaN"),
         ("/v1/models/tiny:predict", {"instances": [[[["x"]] * 28] * 28]}, 400, "cannot read"),
         ("/v1/models/tiny:predict", [1, 2], 400, "JSON object"),
-        ("/v1/models/tiny:regress", {"examples": []}, 501, "regress"),
+        ("/v1/models/tiny:regress", {"examples": []}, 400, "empty array"),  # TF Serving's words
+        ("/v1/models/tiny:regress", {"examples": [{"image": [0.0] * 784}]}, 400, "[batch_size, 1]"),
         ("/v1/models/tiny:predict", None, 405, "POST"),
         ("/v1/elsewhere", None, 404, "Not Found"),
     ],
@@ -289,11 +290,12 @@ def test_prometheus_metrics(server: ServerProcess) -> None:
     call(server, "/v1/models/ghost:predict", {"instances": [1]})
     status, text = call(server, "/monitoring/prometheus/metrics")
     assert status == 200
-    assert (
-        ':tensorflow:serving:request_count_total{API="predict",entrypoint="REST",model_name="tiny",status="OK"}'
-        in text
-    )
-    assert 'model_name="<unknown>",status="NOT_FOUND"' in text  # unserved names collapse into one label
+    # TF Serving's names and labels (more in test_metrics_names.py), and the project's own beside them.
+    assert ':tensorflow:serving:request_count{model_name="tiny",status="OK"}' in text
+    assert ':tensorflow:serving:request_latency_count{model_name="tiny",API="predict",entrypoint="REST"}' in text
+    assert 'model_server_requests_total{API="predict",entrypoint="REST",model_name="tiny",status="OK"}' in text
+    # Unserved names collapse into one label.
+    assert ':tensorflow:serving:request_count{model_name="<unknown>",status="NOT_FOUND"}' in text
     assert 'model_server_model_version_state{model_name="tiny",version="3"} 30.0' in text
 
 

@@ -51,7 +51,7 @@ def test_two_workers_share_the_ports_and_merge_metrics(tmp_path: Path) -> None:
         counts = [
             float(line.split()[-1])
             for line in metrics.splitlines()
-            if line.startswith(":tensorflow:serving:request_count_total{") and 'status="OK"' in line
+            if line.startswith(":tensorflow:serving:request_count{") and 'status="OK"' in line
         ]
         assert sum(counts) == 50, metrics  # 40 gRPC + 10 REST, whichever worker answered each
     finally:

@@ -25,6 +25,7 @@ from serving import codec
 from serving.admission import Admission
 from serving.auth import TokenFile
 from serving.config import ServerConfig
+from serving.dataplane import TaskSpec
 from serving.errors import DeadlineExceeded, InvalidArgument, ServingError, Unauthenticated, Unimplemented
 from serving.metrics import Metrics
 from serving.proto import apis_pb2, apis_pb2_grpc, example_pb2
@@ -38,6 +39,10 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 SERVICE_NAMES = (PREDICTION_SERVICE, MODEL_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME)
 # Health services that report readiness: "" (the whole server) and each TF Serving service.
 READINESS_SERVICES = ("", PREDICTION_SERVICE, MODEL_SERVICE)
+# The names TF Serving (2.15.1 and later, with --enable_grpc_healthcheck_service) gives its services
+# in grpc.health.v1 (model_servers/server.cc): SERVING from the moment the port is open, whatever the
+# models do. Answered the same here, so clients and probes written for TF Serving keep working.
+TF_SERVING_HEALTH_SERVICES = ("ModelService", "PredictionService")
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -103,6 +108,8 @@ def rpc(
                         f"the request is not a valid {request_type.DESCRIPTOR.full_name} message: {exc}"
                     ) from None
                 spec = getattr(request, "model_spec", None)  # ReloadConfigRequest has none
+                if spec is None and getattr(request, "tasks", None):  # MultiInference: the first task's
+                    spec = request.tasks[0].model_spec
                 model = spec.name if spec is not None else ""
                 remaining = context.time_remaining()
                 if remaining is None:
@@ -149,11 +156,17 @@ def rpc(
 
 
 class HealthServicer(health.aio.HealthServicer):
-    """The standard grpc.health.v1 servicer, requiring a token when health is not exempt."""
+    """The standard grpc.health.v1 servicer, requiring a token when health is not exempt.
+
+    Services: "" and the full names in READINESS_SERVICES follow model readiness (set by the server);
+    TF Serving's short names (TF_SERVING_HEALTH_SERVICES) are SERVING from the start, as TF Serving's.
+    """
 
     def __init__(self, tokens: TokenFile | None = None) -> None:
         super().__init__()
         self._tokens = tokens
+        for service in TF_SERVING_HEALTH_SERVICES:
+            self._server_status[service] = health_pb2.HealthCheckResponse.SERVING
 
     async def _check_token(self, context: grpc.aio.ServicerContext) -> None:
         if self._tokens is not None:
@@ -219,13 +232,29 @@ def example_features(example: example_pb2.Example) -> dict[str, Any]:
     return result
 
 
+def request_examples(request_input: apis_pb2.Input) -> list[dict[str, Any]]:
+    """The examples of a Classify / Regress / MultiInference input, the context's features merged
+    into each (an example's own win, as when TF Serving concatenates the serialized messages)."""
+    kind = request_input.WhichOneof("kind")
+    if kind == "example_list":
+        return [example_features(e) for e in request_input.example_list.examples]
+    if kind == "example_list_with_context":
+        listed = request_input.example_list_with_context
+        context_features = example_features(listed.context)
+        return [{**context_features, **example_features(e)} for e in listed.examples]
+    return []  # the data plane answers TF Serving's "Input is empty."
+
+
 class PredictionService(apis_pb2_grpc.PredictionServiceServicer, _Servicer):
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, tensor_content: bool = False) -> None:
         self.dataplane = services.dataplane
         self.metrics = services.metrics
         self.admission = services.admission
-        self.tokens = services.tokens_for("predict", "classify", "metadata")
+        self.tokens = services.tokens_for("predict", "classify", "regress", "multi_inference", "metadata")
         self.max_bytes = services.dataplane.max_tensor_bytes
+        # Predict's numeric outputs: in their typed fields (float_val...), TF Serving's default, or
+        # in tensor_content (--enable_serialization_as_tensor_content).
+        self.tensor_content = tensor_content
 
     @rpc("predict", apis_pb2.PredictRequest)
     async def Predict(
@@ -244,7 +273,7 @@ class PredictionService(apis_pb2_grpc.PredictionServiceServicer, _Servicer):
         )
         response = apis_pb2.PredictResponse(model_spec=messages.model_spec(result.version, result.signature))
         for name, value in result.outputs.items():
-            codec.from_numpy(value, response.outputs[name])
+            codec.from_numpy(value, response.outputs[name], tensor_content=self.tensor_content)
         return response
 
     @rpc("classify", apis_pb2.ClassificationRequest)
@@ -253,25 +282,47 @@ class PredictionService(apis_pb2_grpc.PredictionServiceServicer, _Servicer):
     ) -> apis_pb2.ClassificationResponse:
         spec = request.model_spec
         version, label = _version_choice(spec)
-        kind = request.input.WhichOneof("kind")
-        if kind == "example_list":
-            examples = [example_features(e) for e in request.input.example_list.examples]
-        elif kind == "example_list_with_context":
-            listed = request.input.example_list_with_context
-            context_features = example_features(listed.context)
-            examples = [{**context_features, **example_features(e)} for e in listed.examples]
-        else:
-            raise InvalidArgument("ClassificationRequest.input holds no examples")
         result, classes = await self.dataplane.classify(
-            spec.name, examples, version=version, label=label, signature=spec.signature_name
+            spec.name, request_examples(request.input), version=version, label=label, signature=spec.signature_name
         )
         response = apis_pb2.ClassificationResponse(
             model_spec=messages.model_spec(result.version, result.signature)
         )
-        for row in classes:
-            response.result.classifications.add().classes.extend(
-                apis_pb2.Class(label=name, score=score) for name, score in row
-            )
+        messages.classification_result(classes, response.result)
+        return response
+
+    @rpc("regress", apis_pb2.RegressionRequest)
+    async def Regress(
+        self, request: apis_pb2.RegressionRequest, context: grpc.aio.ServicerContext
+    ) -> apis_pb2.RegressionResponse:
+        spec = request.model_spec
+        version, label = _version_choice(spec)
+        result, values = await self.dataplane.regress(
+            spec.name, request_examples(request.input), version=version, label=label, signature=spec.signature_name
+        )
+        response = apis_pb2.RegressionResponse(model_spec=messages.model_spec(result.version, result.signature))
+        messages.regression_result(values, response.result)
+        return response
+
+    @rpc("multi_inference", apis_pb2.MultiInferenceRequest)
+    async def MultiInference(
+        self, request: apis_pb2.MultiInferenceRequest, context: grpc.aio.ServicerContext
+    ) -> apis_pb2.MultiInferenceResponse:
+        """TF Serving's MultiInference: the version is the first task's (all name one model)."""
+        first = request.tasks[0].model_spec if request.tasks else apis_pb2.ModelSpec()
+        version, label = _version_choice(first)
+        tasks = [TaskSpec(t.model_spec.name, t.model_spec.signature_name, t.method_name) for t in request.tasks]
+        answers = await self.dataplane.multi_inference(
+            tasks, request_examples(request.input), version=version, label=label
+        )
+        response = apis_pb2.MultiInferenceResponse()
+        for answer in answers:
+            entry = response.results.add(model_spec=messages.model_spec(answer.result.version, answer.result.signature))
+            if answer.classes is not None:
+                messages.classification_result(answer.classes, entry.classification_result)
+            else:
+                assert answer.values is not None
+                messages.regression_result(answer.values, entry.regression_result)
         return response
 
     @rpc("metadata", apis_pb2.GetModelMetadataRequest)
@@ -295,6 +346,7 @@ class ModelService(apis_pb2_grpc.ModelServiceServicer, _Servicer):
         self.metrics = services.metrics
         self.admission = services.admission
         self.tokens = services.tokens_for("status", "reload_config")
+        self.reloader = services.reloader
 
     @rpc("status", apis_pb2.GetModelStatusRequest)
     async def GetModelStatus(
@@ -308,14 +360,22 @@ class ModelService(apis_pb2_grpc.ModelServiceServicer, _Servicer):
     async def HandleReloadConfigRequest(
         self, request: apis_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
     ) -> apis_pb2.ReloadConfigResponse:
-        raise Unimplemented(
-            "HandleReloadConfigRequest is not supported: restart with the new --model_config_file"
-        )
+        """Serve exactly the request's model_config_list (see `serving.reload`); answers once the
+        added models are AVAILABLE, or with the error (the status is in the response too, as TF
+        Serving sets it, but a client sees it as the call's status)."""
+        if self.reloader is None:
+            raise Unimplemented("HandleReloadConfigRequest is not offered by this server")
+        await self.reloader.handle_request(request.config)
+        response = apis_pb2.ReloadConfigResponse()
+        response.status.SetInParent()  # OK
+        return response
 
 
 _PREDICTION_RESPONSES: dict[str, type[Message]] = {
     "Predict": apis_pb2.PredictResponse,
     "Classify": apis_pb2.ClassificationResponse,
+    "Regress": apis_pb2.RegressionResponse,
+    "MultiInference": apis_pb2.MultiInferenceResponse,
     "GetModelMetadata": apis_pb2.GetModelMetadataResponse,
 }
 _MODEL_RESPONSES: dict[str, type[Message]] = {
@@ -347,7 +407,8 @@ def create_server(services: Services, config: ServerConfig) -> tuple[grpc.aio.Se
     # Beyond maximum_concurrent_rpcs, gRPC answers RESOURCE_EXHAUSTED before any handler runs: the
     # bound on what calls in flight (including those whose client never reads) can hold.
     server = grpc.aio.server(options=options, maximum_concurrent_rpcs=limits.grpc_max_concurrent_rpcs)
-    _register(server, PREDICTION_SERVICE, PredictionService(services), _PREDICTION_RESPONSES)
+    tensor_content = config.enable_serialization_as_tensor_content  # TF Serving's default: off
+    _register(server, PREDICTION_SERVICE, PredictionService(services, tensor_content), _PREDICTION_RESPONSES)
     _register(server, MODEL_SERVICE, ModelService(services), _MODEL_RESPONSES)
     health_pb2_grpc.add_HealthServicer_to_server(services.health, server)
     reflection.enable_server_reflection(SERVICE_NAMES, server)

@@ -3,7 +3,8 @@
     GET  /v1/models/<m>[/versions/<v>|/labels/<l>]              model status
     GET  /v1/models/<m>[/versions/<v>|/labels/<l>]/metadata     signatures
     POST /v1/models/<m>[/versions/<v>|/labels/<l>]:predict      {"instances": [...]} or {"inputs": ...}
-    POST /v1/models/<m>[/versions/<v>|/labels/<l>]:classify     {"examples": [{feature: value}, ...]}
+    POST /v1/models/<m>[/versions/<v>|/labels/<l>]:classify     {"examples": [{feature: value}, ...], "context": {...}}
+    POST /v1/models/<m>[/versions/<v>|/labels/<l>]:regress      the same, -> {"results": [value, ...]}
     GET  <monitoring path>                                      Prometheus text
     GET  /v1/openapi.json                                       this API as an OpenAPI 3 document
 
@@ -59,9 +60,9 @@ from serving.errors import (
     ServingError,
     Unauthenticated,
     Unavailable,
-    Unimplemented,
 )
 from serving.protocol import Services, messages
+from serving.repository import ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,19 @@ def _message_json(message: Any) -> dict[str, Any]:
     )
 
 
+def _metadata_json(version: ModelVersion, signatures: Mapping[str, Signature]) -> dict[str, Any]:
+    """GetModelMetadata as TF Serving's REST API writes it: the SignatureDefMap in place of the Any
+    that holds it on gRPC (so no "@type"), every field printed, proto field names."""
+    return {
+        "model_spec": _message_json(messages.model_spec(version)),
+        "metadata": {"signature_def": _message_json(messages.signature_def_map(signatures))},
+    }
+
+
 class RestApi:
-    def __init__(self, services: Services, monitoring: MonitoringConfig, limits: Limits | None = None) -> None:
+    def __init__(
+        self, services: Services, monitoring: MonitoringConfig, limits: Limits | None = None, parse_threads: int = 1
+    ) -> None:
         self.dataplane = services.dataplane
         self.repository = services.repository
         self.metrics = services.metrics
@@ -154,7 +166,8 @@ class RestApi:
         self._predict_tokens, self._status_tokens = tokens.get("predict"), tokens.get("status")
         self._metrics_tokens = tokens.get("metrics")
         self.inflight_bytes = 0  # request bodies being read or parsed now
-        self._parse_thread = ThreadPoolExecutor(1, thread_name_prefix="rest-parse")
+        # --rest_api_num_threads: one by default, so the loop waits for at most one parse call.
+        self._parse_thread = ThreadPoolExecutor(max(parse_threads, 1), thread_name_prefix="rest-parse")
 
     def app(self) -> web.Application:
         admission, metrics_path = self.admission, self.monitoring.path if self.monitoring.enable else None
@@ -214,8 +227,6 @@ class RestApi:
         if rest in (":predict", ":classify", ":regress"):
             if request.method != "POST":
                 raise MethodNotAllowed(f"{rest[1:]} takes POST", allowed=("POST",))
-            if rest == ":regress":
-                raise Unimplemented("regress is not supported: these models are classifiers")
             raw = await self._read_body(request)
             depth, dense = self.limits.rest_max_json_depth, rest == ":predict"
             if len(raw) >= BIG_BODY_BYTES:
@@ -229,13 +240,17 @@ class RestApi:
                 body = _parse_json(raw, depth, dense)
             if rest == ":predict":
                 return await self.predict(name, version, label, body)
-            return await self.classify(name, version, label, body)
+            if rest == ":classify":
+                return await self.classify(name, version, label, body)
+            return await self.regress(name, version, label, body)
         if request.method != "GET":
             raise MethodNotAllowed("model status and metadata take GET", allowed=("GET",))
         if rest == "/metadata":
             with self.metrics.track(name, "metadata", "REST"):
                 resolved, signatures = self.dataplane.metadata(name, version, label)
-                return _json_response(_message_json(messages.metadata_response(resolved, signatures)))
+                # Exactly TF Serving's answer; the engine and providers a version runs on are in
+                # the log and in the model_server_model_version_runtime metric.
+                return _json_response(_metadata_json(resolved, signatures))
         with self.metrics.track(name, "status", "REST"):
             statuses = self.repository.statuses(name, version, label)
             return _json_response(_message_json(messages.status_response(statuses)))
@@ -309,26 +324,58 @@ class RestApi:
     async def classify(
         self, name: str, version: int | None, label: str | None, body: dict[str, Any]
     ) -> web.Response:
+        """TF Serving's :classify: {"results": [[[label, score], ...], ...]}, one list per example."""
         with self.metrics.track(name, "classify", "REST"):
-            examples = body.get("examples")
-            if not isinstance(examples, list):
-                raise InvalidArgument('classify takes {"examples": [{"feature": value, ...}, ...]}')
-            context = body.get("context") or {}
-            if not isinstance(context, dict):
-                raise InvalidArgument('"context" must be an object of features')
-            resolved = self.repository.resolve(name, version, label)
-            signature = self.dataplane.signature_of(resolved, _signature_name(body))
-            decoded = []
-            for example in examples:
-                if not isinstance(example, dict):
-                    raise InvalidArgument("each example must be an object of features")
-                features = {**context, **example}
-                decoded.append({k: _feature(k, v, signature) for k, v in features.items()})
+            examples = _examples(body, "classify")
             _, classes = await self.dataplane.classify(
-                name, decoded, version=resolved.version, signature=signature.name
+                name, examples, version=version, label=label, signature=_signature_name(body)
             )
             results = {"results": [[[lab, score] for lab, score in row] for row in classes]}
             return _json_response(results, finite=all(math.isfinite(score) for row in classes for _, score in row))
+
+    async def regress(
+        self, name: str, version: int | None, label: str | None, body: dict[str, Any]
+    ) -> web.Response:
+        """TF Serving's :regress: {"results": [value, ...]}, one value per example."""
+        with self.metrics.track(name, "regress", "REST"):
+            examples = _examples(body, "regress")
+            _, values = await self.dataplane.regress(
+                name, examples, version=version, label=label, signature=_signature_name(body)
+            )
+            return _json_response({"results": values}, finite=all(math.isfinite(v) for v in values))
+
+
+def _examples(body: dict[str, Any], method: str) -> list[dict[str, np.ndarray]]:
+    """The tf.Examples of a :classify / :regress body, `context` merged into each, with TF Serving's
+    checks and words (json_tensor.cc); feature values are typed by their JSON (`codec.json_feature`)."""
+    context = body.get("context", {})
+    if not isinstance(context, dict):
+        raise InvalidArgument(f"Example must be JSON object but got JSON {_json_type(context)}")
+    if "examples" not in body:
+        raise InvalidArgument(f"When method is {method}, key 'examples' is expected and was not found")
+    examples = body["examples"]
+    if not isinstance(examples, list):
+        raise InvalidArgument("Expecting 'examples' value to be an list/array")
+    if not examples:
+        raise InvalidArgument("'examples' value is an empty array")
+    shared = {name: codec.json_feature(name, value) for name, value in context.items()}
+    decoded = []
+    for example in examples:
+        if not isinstance(example, dict):
+            raise InvalidArgument(f"Example must be JSON object but got JSON {_json_type(example)}")
+        decoded.append({**shared, **{name: codec.json_feature(name, value) for name, value in example.items()}})
+    return decoded
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    for kind, name in ((list, "array"), (str, "string"), (int | float, "number")):
+        if isinstance(value, kind):
+            return name
+    return "object"
 
 
 def _predict_response(outputs: Mapping[str, np.ndarray], row_format: bool) -> web.Response:
@@ -429,9 +476,3 @@ def _columns_to_tensors(inputs: Any, signature: Signature) -> dict[str, np.ndarr
         )
     (only,) = signature.inputs
     return {only: codec.json_to_numpy(inputs, signature.inputs[only].dtype, only)}
-
-
-def _feature(name: str, value: Any, signature: Signature) -> np.ndarray:
-    dtype = _spec(signature, name)
-    array = codec.json_to_numpy(value if isinstance(value, list) else [value], dtype, name)
-    return array.reshape(-1)
