@@ -371,7 +371,8 @@ class Repository:
         try:
             return self.models[name]
         except KeyError:
-            raise NotFound(f"Servable not found for request: model '{name}' is not served") from None
+            served = ", ".join(sorted(self.models)) or "none"
+            raise NotFound(f"Servable not found for request: model '{name}' is not served (served: {served})") from None
 
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> ModelVersion:
         """The version a request means: explicit version, a label, or the newest AVAILABLE one."""
@@ -391,7 +392,7 @@ class Repository:
         if not available:
             if any(v.state in (State.START, State.LOADING) for v in model.versions.values()):
                 raise Unavailable(f"model '{name}' is still loading")
-            raise Unavailable(f"model '{name}' has no loadable version under {model.config.base_path}")
+            raise Unavailable(f"model '{name}' has no loadable version: {self.why_not_available(model)}")
         return max(available, key=lambda v: v.version)
 
     def unavailable_labels(self) -> list[str]:
@@ -420,6 +421,9 @@ class Repository:
             if version not in model.versions:
                 raise NotFound(f"model '{name}' version {version} is not known")
             return [model.versions[version]]
+        if not model.versions:
+            # TF Serving's answer for a model none of whose versions it knows, with the reason.
+            raise NotFound(f"Could not find any versions of model {name}: {self.why_not_available(model)}")
         return sorted(model.versions.values(), key=lambda v: v.version)
 
     def all_available(self) -> bool:
@@ -494,7 +498,7 @@ class Repository:
                 current[name] = model
             self._note_available(current.values())
             not_available = {
-                name: self._why_not_available(current[name])
+                name: self.why_not_available(current[name])
                 for name in change_added
                 if not current[name].ever_available
             }
@@ -502,13 +506,19 @@ class Repository:
         return ConfigChange(change_added, change_removed, change_changed, not_available, retired)
 
     @staticmethod
-    def _why_not_available(model: Model) -> str:
+    def why_not_available(model: Model) -> str:
+        """Why `model` has no AVAILABLE version, in words a person can act on."""
         failed = sorted((v for v in model.versions.values() if v.error), key=lambda v: v.version)
         if failed:
             return "; ".join(f"version {v.version}: {v.error}" for v in failed)
         if model.sync_error:
             return model.sync_error
-        return f"no loadable version under {model.config.base_path}"
+        base = model.config.base_path
+        if model.incomplete:
+            return f"version folder(s) {sorted(model.incomplete)} under {base} are not complete yet"
+        if any((base / name).exists() for name in (ONNX_FILE, MANIFEST_FILE, "saved_model.pb")):
+            return f"{base} holds model files itself: put them in a version folder, e.g. {base / '1'}"
+        return f"no version folder under {base} (versions are folders named by positive integers, e.g. {base / '1'})"
 
     def _retire(self, entries: Sequence[ModelVersion], notify: Sequence[ModelVersion]) -> asyncio.Task[None]:
         """Unload versions that left the config once the requests holding them end, in the

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -161,18 +162,42 @@ class RunningServer:
 class _MalformedHttpFilter(logging.Filter):
     """aiohttp logs a traceback at ERROR for every malformed HTTP request it answers 400 (a bad
     request line, a header too long): the client's fault, already answered, and a flood of them
-    would flood the log. Those records are dropped; every other aiohttp error is kept."""
+    would flood the log. Those records are dropped; every other aiohttp error is kept.
+
+    One kind is a mistake worth telling the operator about: HTTP/2 (a gRPC client) sent to the REST
+    port. It becomes one warning line naming the gRPC port, at most once a minute."""
+
+    HTTP2_EVERY_SECONDS = 60.0
+
+    def __init__(self, grpc_port: int) -> None:
+        super().__init__()
+        self.grpc_port = grpc_port
+        self.http2_logged_at = -math.inf
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return not isinstance(error, HttpProcessingError)
+        if not isinstance(error, HttpProcessingError):
+            return True
+        if "PRI" not in str(error) or time.monotonic() - self.http2_logged_at < self.HTTP2_EVERY_SECONDS:
+            return False
+        self.http2_logged_at = time.monotonic()
+        record.msg, record.args, record.exc_info, record.exc_text = (
+            "HTTP/2 (a gRPC client?) arrived on the REST port and got 400: gRPC is served on port %d",
+            (self.grpc_port,),
+            None,
+            None,
+        )
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 async def start(config: ServerConfig, readiness: Readiness | None = None) -> RunningServer:
     """Start listening and load the models; returns once every model has been tried once."""
     aiohttp_server_log = logging.getLogger("aiohttp.server")
-    if not any(isinstance(f, _MalformedHttpFilter) for f in aiohttp_server_log.filters):
-        aiohttp_server_log.addFilter(_MalformedHttpFilter())
+    http_filter = next((f for f in aiohttp_server_log.filters if isinstance(f, _MalformedHttpFilter)), None)
+    if http_filter is None:
+        http_filter = _MalformedHttpFilter(config.port)
+        aiohttp_server_log.addFilter(http_filter)
     metrics = Metrics(
         (model.name for model in config.models),
         runtime="onnxruntime" if config.backend == "onnx" else config.backend,
@@ -234,8 +259,16 @@ async def start(config: ServerConfig, readiness: Readiness | None = None) -> Run
     if tokens is not None:
         log.info("bearer tokens required (%d loaded); exempt: %s", tokens.count, ", ".join(config.auth_exempt) or "nothing")
 
-    grpc_server, grpc_port = create_server(services, config)
+    try:
+        grpc_server, grpc_port = create_server(services, config)
+    except RuntimeError as exc:  # grpc's "Failed to bind to address ...": one line, not a traceback
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise OSError(
+            f"gRPC port {config.host}:{config.port} cannot be bound (in use by another server?); "
+            "pick another with --port"
+        ) from exc
     await grpc_server.start()
+    http_filter.grpc_port = grpc_port  # the bound one (--port 0 picks it)
     log.info("gRPC listening on %s:%d%s", config.host, grpc_port, " (TLS)" if config.tls else "")
 
     runner, rest_port = None, -1
@@ -257,7 +290,16 @@ async def start(config: ServerConfig, readiness: Readiness | None = None) -> Run
             reuse_port=config.workers > 1 or None,
             ssl_context=ssl_context(config.tls) if config.tls else None,
         )
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await grpc_server.stop(0)
+            await runner.cleanup()
+            executor.shutdown(wait=False, cancel_futures=True)
+            raise OSError(
+                f"REST port {config.host}:{config.rest_api_port} cannot be bound ({exc.strerror or exc}); "
+                "pick another with --rest_api_port"
+            ) from exc
         rest_port = runner.addresses[0][1]
         log.info("REST listening on %s:%d%s", config.host, rest_port, " (TLS)" if config.tls else "")
 
@@ -282,6 +324,9 @@ async def start(config: ServerConfig, readiness: Readiness | None = None) -> Run
             "; ".join(refused) + " (--allow_version_labels_for_unavailable_models=true allows it)"
         )
     if not repository.all_available():
+        for model in repository.models.values():
+            if not any(v.state == State.AVAILABLE for v in model.versions.values()):
+                log.error("model '%s' has no available version: %s", model.config.name, repository.why_not_available(model))
         log.error("some models have no available version; health stays NOT_SERVING until they do")
     await running.refresh_health()
     if config.file_system_poll_wait_seconds > 0:
