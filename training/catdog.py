@@ -541,8 +541,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
         )
         write_metrics(folder / METRICS_FILE, metrics)
         (folder / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+        head_epochs = metrics.get("head_epochs")
         plot_curves(
-            history, folder / CURVES_FILE, f"catdog {approach}: test accuracy {metrics['test_accuracy']:.3f}"
+            history,
+            folder / CURVES_FILE,
+            f"catdog {approach}: test accuracy {metrics['test_accuracy']:.3f}",
+            monitor="val_loss",  # what the checkpoint keeps (`_callbacks`)
+            stages=[(int(head_epochs), "top block unfrozen")] if head_epochs and approach == "finetune" else [],
         )
         approaches[approach] = metrics
         print(
@@ -601,16 +606,22 @@ def write_comparison(out: Path, approaches: Mapping[str, Mapping[str, Any]]) -> 
     import matplotlib.pyplot as plt
 
     fig, axis = plt.subplots(figsize=(7, 4))
+    drawn = []
     for approach in APPROACHES:
         history_file = out / approach / "history.json"
         if approach in approaches and history_file.is_file():
             values = json.loads(history_file.read_text()).get("val_accuracy", [])
-            axis.plot(range(1, len(values) + 1), values, marker="o", markersize=2, label=approach)
+            (line,) = axis.plot(range(1, len(values) + 1), values, marker="o", markersize=2, label=approach)
+            head_epochs = approaches[approach].get("head_epochs")
+            if approach == "finetune" and head_epochs:
+                axis.axvline(int(head_epochs) + 0.5, color=line.get_color(), linestyle=":", label="finetune: top block unfrozen")
+            drawn.append(approach)
     axis.set_xlabel("epoch")
     axis.set_ylabel("validation accuracy")
     axis.grid(alpha=0.3)
-    axis.legend()
-    axis.set_title("cats vs dogs: the book's four approaches")
+    axis.legend(fontsize=8)
+    # The title names what is drawn: the approaches of this run folder that have a history.
+    axis.set_title(f"cats vs dogs, validation accuracy: {', '.join(drawn) or 'no approach trained yet'}")
     fig.tight_layout()
     fig.savefig(out / CURVES_FILE, dpi=100)
     plt.close(fig)

@@ -148,23 +148,51 @@ def read_metrics(path: Path) -> dict[str, Any]:
     return dict(json.loads(path.read_text()))
 
 
-def plot_curves(history: Mapping[str, Sequence[float]], path: Path, title: str) -> Path:
-    """Plot loss and accuracy per epoch (training and validation) into a PNG with matplotlib's Agg."""
+def best_epoch(history: Mapping[str, Sequence[float]], monitor: str = "val_accuracy") -> int | None:
+    """1-based epoch with the best `monitor` value (highest accuracy, lowest loss); None without it."""
+    values = list(history.get(monitor) or ())
+    if not values:
+        return None
+    pick = min if "loss" in monitor else max
+    return values.index(pick(values)) + 1
+
+
+def plot_curves(
+    history: Mapping[str, Sequence[float]],
+    path: Path,
+    title: str,
+    monitor: str = "val_accuracy",
+    stages: Sequence[tuple[int, str]] = (),
+) -> Path:
+    """Plot loss and accuracy per epoch (training and validation) into a PNG with matplotlib's Agg.
+
+    The best epoch by `monitor` (the one the checkpoint keeps) is marked on both panels, and each
+    `(epoch, name)` in `stages` draws a dotted line after that epoch: where a two-stage run switched
+    (GloVe frozen -> fine-tuned, catdog head -> top block unfrozen).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    best = best_epoch(history, monitor)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for key, style in ((metric, "o-"), (f"val_{metric}", "s--")):
             values = history.get(key)
             if values:
                 axis.plot(range(1, len(values) + 1), values, style, label=key, markersize=3)
+        if best is not None:
+            axis.axvline(best, color="tab:green", alpha=0.6, linewidth=1.5, label=f"best epoch {best} ({monitor})")
+            validation = history.get(f"val_{metric}")
+            if validation and best <= len(validation):
+                axis.plot([best], [validation[best - 1]], "*", color="tab:green", markersize=12)
+        for epoch, name in stages:
+            axis.axvline(epoch + 0.5, color="tab:gray", linestyle=":", linewidth=1.5, label=f"after epoch {epoch}: {name}")
         axis.set_xlabel("epoch")
         axis.set_ylabel(metric)
         axis.grid(alpha=0.3)
-        axis.legend()
+        axis.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
