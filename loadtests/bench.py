@@ -209,6 +209,36 @@ def measure(
     return Point(transport, batching, concurrency, len(latencies), errors, measured, p50, p99)
 
 
+def plot_points(points: Sequence[Point], path: Path, title: str) -> Path:
+    """Throughput and p99 against concurrent callers, one line per transport and batching mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (throughput, tail) = plt.subplots(1, 2, figsize=(10, 4))
+    series = sorted({(p.transport, p.batching) for p in points})
+    for transport, batching in series:
+        line = sorted((p for p in points if (p.transport, p.batching) == (transport, batching)), key=lambda p: p.concurrency)
+        label = f"{transport}, batching {'on' if batching else 'off'}"
+        style = "o-" if transport == "grpc" else "s--"
+        callers = [p.concurrency for p in line]
+        throughput.plot(callers, [p.rps for p in line], style, label=label)
+        tail.plot(callers, [p.p99_ms for p in line], style, label=label)
+    for axis, what in ((throughput, "requests per second"), (tail, "p99 latency (ms)")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrent callers (one request in flight each)")
+        axis.set_ylabel(what)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
 def run_server(
     model: str, base: Path, batching: bool, threads: int, log: Path, timeout_micros: int = 0, workers: int = 1
 ) -> tuple[ServerProcess, str, str]:
@@ -242,6 +272,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--workers", type=int, default=1, help="server processes (--workers)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=Path("reports/bench/bench.png"),
+        help="PNG of req/s and p99 against callers per transport and batching mode (default reports/bench/bench.png)",
+    )
     peers = parser.add_argument_group("--peers: this server beside KServe and a minimal gRPC floor")
     peers.add_argument("--peers", action="store_true", help="print the peer comparison table instead")
     peers.add_argument("--streams", type=int, default=32, help="requests in flight on the one connection")
@@ -337,6 +373,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"| {p.transport} | {'on' if p.batching else 'off'} | {p.concurrency} | {p.rps:.0f} | {p.p50_ms:.2f} | {p.p99_ms:.2f} | {p.errors} |"
         )
+    try:
+        plotted = plot_points(points, args.plot, f"{args.model} v{version_dir.name}, {os.cpu_count()} cores, {args.workers} server worker(s)")
+        print(f"\nplot: {plotted}")
+    except ImportError:  # matplotlib comes with the train extra
+        print("\nplot: skipped (matplotlib is not installed: pip install -e '.[train]')")
     if args.json:
         args.json.write_text(
             json.dumps(
