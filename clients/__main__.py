@@ -1,9 +1,10 @@
-"""`python -m clients` / `ml-client`: predict, explain, metadata and status from the command line.
+"""`python -m clients` / `ml-client`: predict, explain, activations, metadata and status from the command line.
 
     ml-client predict --model digits seven.png --top 3
     ml-client predict --model catdog photo.jpg             # sends the JPEG bytes (predict_image_bytes)
     ml-client predict --model sentiment "a gripping, funny film"
     ml-client explain --model catdog photo.jpg -o overlay.png [--raw heatmap.npy]
+    ml-client activations --model catdog photo.jpg --layer conv_pw_1 -o grid.png   # one layer's channels
     ml-client --rest --url http://localhost:8501 status --model digits
     ml-client --token-file token.txt status --model digits   # a server started with --auth_token_file
     ml-client sample --model digits -o digit.png           # an MNIST test digit to try (no server needed)
@@ -33,6 +34,7 @@ import numpy as np
 from clients.auth import check_token, read_token_file
 from clients.base import DEFAULT_TIMEOUT_S, Client
 from clients.errors import ClientError
+from clients.grids import activation_grid, grid_title, render_grid
 from clients.images import ImageLoadError, Invert, load_image_tensor, load_photo, looks_grayscale, read_bytes
 from clients.overlay import enlarge, overlay, save_png
 from clients.retries import DEFAULT_RETRIES
@@ -41,6 +43,7 @@ PROG = "ml-client"
 DEFAULT_SIGNATURE = "serving_default"
 TOKEN_ENV = "ML_CLIENT_TOKEN"
 EXPLAIN_SIGNATURE = "explain"
+ACTIVATIONS_SIGNATURE = "activations"
 TEXT_SUFFIXES = (".txt", ".text")
 # Server-side failures that mean "Classify is not offered here" (REST reports FAILED_PRECONDITION as 400).
 _NO_CLASSIFY = ("FAILED_PRECONDITION", "UNIMPLEMENTED", "INVALID_ARGUMENT")
@@ -172,6 +175,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="invert grayscale images (see predict)",
     )
 
+    acts = command(
+        "activations", "draw one layer's activations of an image, as the server computes them, as a grid PNG"
+    )
+    acts.add_argument("input", metavar="IMAGE", help="an image file (PNG/JPEG, or .npy)")
+    acts.add_argument(
+        "--layer",
+        help="the layer to draw (required; without it, or with an unknown one, the served layers are listed)",
+    )
+    acts.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("activations.png"),
+        help="grid PNG to write: every channel, each normalised (default activations.png)",
+    )
+    acts.add_argument("--raw", type=Path, help="also save the layer's activation [h,w,c] as .npy")
+    acts.add_argument(
+        "--signature", default=ACTIVATIONS_SIGNATURE, help="signature to call (default activations)"
+    )
+    acts.add_argument(
+        "--invert",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="invert grayscale images (see predict)",
+    )
+
     command("metadata", "print the model's signatures as JSON")
     command("status", "print the state of each version of the model")
 
@@ -263,9 +292,18 @@ def choose_predict_signature(signatures: Mapping[str, Mapping[str, Any]], values
     if default is not None and any(s["dtype"] == "string" for s in default["inputs"].values()):
         return DEFAULT_SIGNATURE
     if all(_looks_like_image_file(v) for v in values):
-        for name, signature in sorted(signatures.items()):
-            if name != EXPLAIN_SIGNATURE and len(signature["inputs"]) == 1 and _takes_bytes(signature):
-                return name
+        # A bytes signature that answers probabilities, the fewest outputs first: predict_image_bytes
+        # rather than explain_image_bytes (+ heatmap); activations_image_bytes gives no probabilities.
+        candidates = sorted(
+            (len(signature["outputs"]), name)
+            for name, signature in signatures.items()
+            if name != EXPLAIN_SIGNATURE
+            and len(signature["inputs"]) == 1
+            and _takes_bytes(signature)
+            and "probabilities" in signature["outputs"]
+        )
+        if candidates:
+            return candidates[0][1]
     if default is None:
         raise UsageError(
             f"the model has no '{DEFAULT_SIGNATURE}' signature; pick one of {sorted(signatures)} with --signature"
@@ -489,6 +527,49 @@ def run_explain(client: Client, args: argparse.Namespace) -> None:
         print(f"wrote {args.raw}")
 
 
+def run_activations(client: Client, args: argparse.Namespace) -> None:
+    """One layer's activations from the server's `activations` signature (output_filter = the layer),
+    drawn as the book draws them: every channel tiled, each normalised, layer name and shape on top."""
+    signatures = client.metadata(args.model, args.version, args.label)["signatures"]
+    if args.signature not in signatures:
+        raise UsageError(
+            f"model {args.model!r} has no '{args.signature}' signature (it has {sorted(signatures)}); "
+            "activations are served for the convnets (digits, catdog) exported by this project"
+        )
+    layers = sorted(signatures[args.signature]["outputs"])
+    served = f"{args.model} serves the activations of {len(layers)} layers: {', '.join(layers)}"
+    if args.layer is None:
+        raise UsageError(f"give --layer NAME; {served}")
+    if args.layer not in layers:
+        raise UsageError(f"no layer {args.layer!r}; {served}")
+    request = build_request(signatures, args.signature, [args.input], invert=args.invert, prefer_bytes=True)
+    for warning in warn_about_inputs(signatures, [args.input]):
+        print(warning, file=sys.stderr)
+    outputs = client.predict(
+        args.model,
+        request.inputs,
+        signature=request.signature,
+        version=args.version,
+        label=args.label,
+        output_filter=[args.layer],
+    )
+    activation = np.asarray(outputs[args.layer][0], dtype=np.float32)  # [h,w,c]
+    if activation.ndim != 3:
+        raise UsageError(
+            f"layer {args.layer!r} answered shape {list(activation.shape)}, not a feature map [h,w,c]"
+        )
+    picture = render_grid(activation_grid(activation), grid_title(args.layer, activation))
+    _write(args.output, lambda path: save_png(picture, path))
+    height, width, channels = activation.shape
+    print(
+        f"{request.sources[0]}: {args.layer} {height}x{width}x{channels}, {channels} channels: "
+        f"wrote {args.output} ({picture.shape[1]}x{picture.shape[0]} pixels)"
+    )
+    if args.raw is not None:
+        _write(args.raw, lambda path: np.save(path, activation))
+        print(f"wrote {args.raw}")
+
+
 def _write(path: Path, writer: Any) -> None:
     try:
         writer(path)
@@ -506,7 +587,13 @@ def run_status(client: Client, args: argparse.Namespace) -> None:
         print(line + (f" ({entry.error})" if entry.error else ""))
 
 
-COMMANDS = {"predict": run_predict, "explain": run_explain, "metadata": run_metadata, "status": run_status}
+COMMANDS = {
+    "predict": run_predict,
+    "explain": run_explain,
+    "activations": run_activations,
+    "metadata": run_metadata,
+    "status": run_status,
+}
 
 
 def run_sample(args: argparse.Namespace) -> None:

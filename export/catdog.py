@@ -8,14 +8,18 @@ SavedModel signatures (stock TensorFlow Serving serves the folder as is):
 * `explain`: `image` -> `probabilities`, `heatmap` float32 [N,h,w] in [0,1] (Grad-CAM of the predicted
   class on the last convolutional feature map, `export.gradcam.build_gradcam`)
 * `explain_image_bytes`: `image_bytes` -> the same (a TF signature cannot take alternative inputs)
+* `activations`: `image` -> one float32 [N,h,w,c] output per served convolution layer, named by the
+  layer (8 of MobileNet's 27, first to last: `export.activations.served_layers`)
+* `activations_image_bytes`: `image_bytes` -> the same
 
 `evaluate` (used by `python -m export.evaluate catdog`) needs no TensorFlow: it scores the published
 ONNX model on the test photos through the server's own path (Pillow decoding + ONNX Runtime). This
 module therefore imports TensorFlow and the export pipeline lazily, inside `build_spec`.
 
-ONNX: `model.onnx` (image -> probabilities) and `explain.onnx` (image -> probabilities, heatmap). The
-`*_image_bytes` signatures and `explain` carry a manifest `preprocess` (`kind: "image_bytes"`) so the
-ONNX server decodes bytes with `serving.images.decode_image` (Pillow) and feeds `image`.
+ONNX: `model.onnx` (image -> probabilities), `explain.onnx` (image -> probabilities, heatmap) and
+`activations.onnx` (image -> feature maps). The `*_image_bytes` signatures, `explain` and
+`activations` carry a manifest `preprocess` (`kind: "image_bytes"`) so the ONNX server decodes bytes
+with `serving.images.decode_image` (Pillow) and feeds `image`.
 
 Checks before publishing (any failure -> nothing is published):
 
@@ -24,8 +28,9 @@ Checks before publishing (any failure -> nothing is published):
    difference| <= `DECODE_ATOL` (measured 0.0: Pillow's libjpeg-turbo with the accurate DCT and the
    numpy half-pixel bilinear resize reproduce TensorFlow's output).
 2. `gradcam_vs_gradient_tape`: the forward-only Grad-CAM against `tf.GradientTape`.
-3. Parity, SavedModel vs ONNX Runtime on real test photos at batch sizes 1 and 32: `serving_default`
-   and `explain` on decoded images; `predict_image_bytes` and `explain_image_bytes` through the whole
+3. `activations_vs_keras`: the exported feature maps against the Keras model's intermediate outputs.
+4. Parity, SavedModel vs ONNX Runtime on real test photos at batch sizes 1 and 32: `serving_default`,
+   `explain` and `activations` on decoded images; the `*_image_bytes` signatures through the whole
    server path (Pillow decoding + ONNX) against TensorFlow's decoding + model.
 """
 
@@ -131,6 +136,14 @@ def build_spec(
     import keras
     import tensorflow as tf
 
+    from export.activations import (
+        ACTIVATIONS_ONNX,
+        ACTIVATIONS_SIGNATURE,
+        build_activations,
+        keras_check,
+        served_layers,
+        tolerances,
+    )
     from export.gradcam import build_gradcam, compare_with_reference
     from export.pipeline import ExportSpec, ExtraCheck, ParityCheck, Signature
 
@@ -161,6 +174,9 @@ def build_spec(
     image_spec = tf.TensorSpec([None, height, width, 3], tf.float32, name="image")
     bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
     explain_heatmap = build_gradcam(model, layer_name)
+    layers = served_layers(model)
+    feature_maps = build_activations(model, layers)
+    activations_atol = tolerances(feature_maps, images)
 
     @tf.function(input_signature=[image_spec])
     def serving_default(image: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -180,6 +196,14 @@ def build_spec(
     def explain_image_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         probabilities, heatmap = explain_heatmap(decode_batch_graph(image_bytes, height, width))
         return {catdog.OUTPUT_NAME: probabilities, "heatmap": heatmap}
+
+    @tf.function(input_signature=[image_spec])
+    def activations(image: tf.Tensor) -> dict[str, tf.Tensor]:
+        return feature_maps(image)  # {layer: [N,h,w,c]}
+
+    @tf.function(input_signature=[bytes_spec])
+    def activations_image_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        return feature_maps(decode_batch_graph(image_bytes, height, width))
 
     def pillow_feed(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {"image": decode_images(list(batch["image_bytes"]), height, width, 3)}  # the server's path
@@ -218,6 +242,15 @@ def build_spec(
                 onnx_inputs={"image": "image"},
                 preprocess=preprocess,
             ),
+            Signature(ACTIVATIONS_SIGNATURE, activations, ACTIVATIONS_ONNX, preprocess=preprocess),
+            Signature(
+                f"{ACTIVATIONS_SIGNATURE}_image_bytes",
+                activations_image_bytes,
+                ACTIVATIONS_ONNX,
+                convert=False,
+                onnx_inputs={"image": "image"},
+                preprocess=preprocess,
+            ),
         ),
         parity=(
             ParityCheck(
@@ -241,11 +274,26 @@ def build_spec(
                 PARITY_BATCH_SIZES,
                 onnx_feed=pillow_feed,
             ),
+            ParityCheck(
+                ACTIVATIONS_SIGNATURE, {"image": images}, activations_atol, PARITY_BATCH_SIZES, argmax=()
+            ),
+            ParityCheck(
+                f"{ACTIVATIONS_SIGNATURE}_image_bytes",
+                {"image_bytes": image_bytes},
+                activations_atol,
+                PARITY_BATCH_SIZES,
+                argmax=(),
+                onnx_feed=pillow_feed,
+            ),
         ),
         metrics=metrics,
         extra_checks=(
             ExtraCheck("image_decoding", lambda: decoding_check(blobs, height, width)),
             ExtraCheck("gradcam_vs_gradient_tape", gradcam_check),
+            ExtraCheck(
+                "activations_vs_keras",
+                lambda: keras_check(model, layers, feature_maps, images, activations_atol),
+            ),
         ),
     )
 

@@ -47,7 +47,7 @@ def digits_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def digits_model_dir(digits_run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export.__main__ import digits_spec
+    from export.digits import build_spec as digits_spec
     from export.pipeline import publish
 
     models = tmp_path_factory.mktemp("models")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from clients.grids import activation_grid
+from clients.grids import normalise_channel as normalise_channel  # re-exported: the grid tests import it here
 from training.common import REPO_ROOT
 
 PROG = "ml-visualize"
@@ -42,7 +43,6 @@ RUNS_DIR = REPO_ROOT / "runs"
 KERAS_FILE = {"digits": Path("digits/best.keras"), "catdog": Path("catdog/finetune/best.keras")}
 CONV_KINDS = ("Conv2D", "SeparableConv2D", "DepthwiseConv2D")
 POOL_KINDS = ("MaxPooling2D", "AveragePooling2D")
-GRID_COLUMNS = 16
 FILTER_STEPS = 40  # the book climbs 40 steps
 FILTER_STEP_SIZE = 4.0  # 0..255 pixel units per RMS-normalised gradient step (the book: 1 on VGG16's
 # larger inputs; these small convnets need bigger steps for the pattern to outgrow the starting noise)
@@ -114,27 +114,6 @@ def activations(keras_model: Any, images: np.ndarray, layer_names: Sequence[str]
     values = probe([images], training=False)
     values = values if isinstance(values, (list, tuple)) else [values]
     return {name: np.asarray(value, dtype=np.float32) for name, value in zip(layer_names, values, strict=True)}
-
-
-def normalise_channel(channel: np.ndarray) -> np.ndarray:
-    """float [h,w] -> uint8 [h,w]: mean at 128, one standard deviation = 64 levels (flat: all 128)."""
-    centred = channel - channel.mean()
-    spread = channel.std()
-    scaled = centred / spread * 64 + 128 if spread > 1e-8 else np.full_like(channel, 128.0)
-    return np.clip(scaled, 0, 255).astype(np.uint8)
-
-
-def activation_grid(activation: np.ndarray, columns: int = GRID_COLUMNS, gap: int = 1) -> np.ndarray:
-    """float [h,w,c] -> uint8 [rows*(h+gap)-gap, cols*(w+gap)-gap]: every channel, row by row (gaps 0)."""
-    height, width, count = activation.shape
-    columns = min(columns, count)
-    rows = math.ceil(count / columns)
-    grid = np.zeros((rows * (height + gap) - gap, columns * (width + gap) - gap), dtype=np.uint8)
-    for index in range(count):
-        row, column = divmod(index, columns)
-        top, left = row * (height + gap), column * (width + gap)
-        grid[top : top + height, left : left + width] = normalise_channel(activation[..., index])
-    return grid
 
 
 def save_grid(grid: np.ndarray, title: str, path: Path, cmap: str = "viridis") -> None:

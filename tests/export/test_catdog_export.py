@@ -77,6 +77,8 @@ def test_manifest_describes_pixels_bytes_and_explain(published: Any) -> None:
         "predict_image_bytes",
         "explain",
         "explain_image_bytes",
+        "activations",
+        "activations_image_bytes",
     }
     serving = manifest.signatures["serving_default"]
     assert serving.inputs == {"image": TensorSpec("float32", (-1, 32, 32, 3))}
@@ -97,8 +99,13 @@ def test_manifest_describes_pixels_bytes_and_explain(published: Any) -> None:
     }
     assert explain.preprocess is not None and explain.preprocess.input == "image_bytes"
     assert explain.outputs["heatmap"] == TensorSpec("float32", (-1, 2, 2))  # conv5 of a 32-px input
-    for name in ("model.onnx", "explain.onnx", "saved_model.pb"):
+    for name in ("model.onnx", "explain.onnx", "activations.onnx", "saved_model.pb"):
         assert name in manifest.files
+    activations = manifest.signatures["activations"]  # 8 of the scratch convnet's 9 layers, first to last
+    assert set(activations.outputs) == {"conv1", "pool1", "conv2", "pool2", "pool3", "conv4", "pool4", "conv5"}
+    assert activations.outputs["conv1"] == TensorSpec("float32", (-1, 32, 32, 16))
+    assert activations.outputs["conv5"] == TensorSpec("float32", (-1, 2, 2, 128))
+    assert activations.preprocess is not None and activations.preprocess.input == "image_bytes"
     parity = manifest.parity
     assert parity["passed"] and parity["image_decoding"]["max_abs_pixel_diff"] <= 1e-3
     assert {check["signature"] for check in parity["checks"]} == set(manifest.signatures)

@@ -48,7 +48,11 @@ def test_published_version_layout_and_manifest(digits_model_dir: Path) -> None:
     explain = manifest.signatures["explain"]
     assert explain.outputs["heatmap"].shape == (-1, 3, 3) and explain.onnx.file == "explain.onnx"
     assert manifest.parity["passed"] is True
-    assert all(check["max_abs_diff"]["probabilities"] <= 1e-5 for check in manifest.parity["checks"])
+    assert all(
+        check["max_abs_diff"]["probabilities"] <= 1e-5
+        for check in manifest.parity["checks"]
+        if check["signature"] != "activations"  # feature maps only, checked in test_activations_served
+    )
     assert manifest.parity["gradcam_vs_gradient_tape"]["heatmap_max_abs_diff"] <= 1e-4
     assert manifest.metrics["recipe"] == "book" and "test_accuracy" in manifest.metrics
     assert manifest.producer["opset"] <= 18
