@@ -84,7 +84,7 @@ loadtest: ## 60 s Locust step ramp against a local server: knee per model; fails
 
 protos: ## regenerate serving/proto/*_pb2*.py from protos/ (needs grpcio-tools from the dev extra)
 	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. protos/serving/proto/*.proto
-	find serving/proto -name '*_pb2_grpc.py' ! -name 'apis_pb2_grpc.py' -delete
+	find serving/proto -name '*_pb2_grpc.py' ! -name 'apis_pb2_grpc.py' ! -name 'inference_pb2_grpc.py' -delete
 
 clean: ## remove caches and build folders
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info

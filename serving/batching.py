@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from serving.accesslog import RequestRecord, computed, current_record
 from serving.config import BatchingConfig
 from serving.errors import ResourceExhausted, Unavailable
 
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 Tensors = Mapping[str, np.ndarray]
 RunBatch = Callable[[Tensors], dict[str, np.ndarray]]
 Observer = Callable[[int, int, float], None]  # (rows, padded rows, seconds)
+SubmitObserver = Callable[[Tensors], None]  # a request's tensors, as it is submitted
+DequeueObserver = Callable[[int, float], None]  # (rows, seconds waited) of a task leaving the queue
 
 
 def batch_key(inputs: Tensors, pad: bool = False) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
@@ -73,6 +76,15 @@ class _Pending:
     rows: int
     future: asyncio.Future[dict[str, np.ndarray]]
     enqueued: float = field(default_factory=time.perf_counter)
+    record: RequestRecord | None = field(default_factory=current_record)  # the caller's access-log / trace record
+
+
+def _computed(batch: Sequence[_Pending], started: float) -> None:
+    """Tell each caller's record (if any) that its batch ran from `started` until now."""
+    ended = time.perf_counter()
+    for pending in batch:
+        if pending.record is not None:
+            pending.record.computed(started, ended)
 
 
 class Batcher:
@@ -83,11 +95,19 @@ class Batcher:
         executor: Executor | None = None,
         observe: Observer | None = None,
         inline: Callable[[int, int], bool] | None = None,
+        on_submit: SubmitObserver | None = None,
+        on_dequeue: DequeueObserver | None = None,
     ) -> None:
+        """`observe` sees every engine call; `on_submit` every request as it is submitted (before the
+        queue-full check, where TF Serving's batching session records its input sizes);
+        `on_dequeue` every task (a request, or a piece of a split one) as a batch takes it, with the
+        time it waited (zero for a request run at once on an idle engine)."""
         self._run_batch = run_batch
         self.config = config
         self._executor = executor
         self._observe = observe
+        self._on_submit = on_submit
+        self._on_dequeue = on_dequeue
         # (rows, requests) -> whether a batch that size, answering that many requests, is cheap
         # enough to run on the event loop itself.
         self._inline = inline or (lambda rows, requests: False)
@@ -107,6 +127,8 @@ class Batcher:
     async def submit(self, inputs: Tensors) -> dict[str, np.ndarray]:
         """Queue one request's tensors; returns its own rows of the batched result."""
         rows = rows_of(inputs)
+        if self._on_submit is not None:
+            self._on_submit(inputs)
         if self.queued_rows + rows > self._max_queued_rows:
             raise ResourceExhausted(
                 f"batch queue is full ({self.queued_rows} rows waiting, limit {self._max_queued_rows}); retry later"
@@ -174,10 +196,13 @@ class Batcher:
 
     def _run_now(self, inputs: Tensors, rows: int) -> dict[str, np.ndarray]:
         padded = self._padded(rows)
+        if self._on_dequeue is not None:
+            self._on_dequeue(rows, 0.0)
         started = time.perf_counter()
         outputs = self._concat_and_run([inputs], rows, padded)
         if self._observe is not None:
             self._observe(rows, padded, time.perf_counter() - started)
+        computed(started, time.perf_counter())
         return {name: value[:rows] for name, value in outputs.items()} if padded > rows else outputs
 
     def _on_scheduled(self, key: tuple[object, ...]) -> None:
@@ -208,6 +233,10 @@ class Batcher:
             while queue and rows + queue[0].rows <= self._limit:
                 rows += queue[0].rows
                 batch.append(queue.pop(0))
+            if self._on_dequeue is not None:
+                now = time.perf_counter()
+                for pending in batch:
+                    self._on_dequeue(pending.rows, now - pending.enqueued)
             if self._inline(self._padded(rows), len(batch)):
                 self._execute_inline(batch)
                 continue
@@ -242,6 +271,7 @@ class Batcher:
                 outputs = self._concat_and_run([p.inputs for p in live], rows, padded)
                 if self._observe is not None:
                     self._observe(rows, padded, time.perf_counter() - started)
+                _computed(live, started)
                 self._answer(live, outputs)
         except Exception as exc:
             self._fail(batch, exc)
@@ -278,6 +308,7 @@ class Batcher:
             )
             if self._observe is not None:
                 self._observe(rows, padded, time.perf_counter() - started)
+            _computed(live, started)
             self._answer(live, outputs)
         except BaseException as exc:
             self._fail(batch, exc)

@@ -101,6 +101,15 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class TracingConfig:
+    """OpenTelemetry tracing (`--tracing_exporter`; see `serving.tracing`)."""
+
+    exporter: str  # "otlp" or "console"
+    endpoint: str = ""  # OTLP gRPC collector, e.g. http://collector:4317 ("": the exporter's default)
+    sample_ratio: float = 1.0  # of traces started here (a caller's traceparent decides its own)
+
+
+@dataclass(frozen=True)
 class Limits:
     """What one request, one connection and the whole server may take (each has a flag).
 
@@ -153,6 +162,8 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     auth_token_file: Path | None = None
     auth_exempt: tuple[str, ...] = ("health", "metrics")
+    access_log: str = ""  # JSON lines, one per request, to this file ("-": stderr; "": off)
+    tracing: TracingConfig | None = None  # None: no tracing (opentelemetry is not imported)
     # TF Serving flags with a meaning here (see build_parser for what each does).
     rest_api_num_threads: int = 0  # REST parse threads for big bodies; 0: auto (one)
     enable_model_warmup: bool = True
@@ -162,6 +173,8 @@ class ServerConfig:
     enable_serialization_as_tensor_content: bool = False
     # Classify/Regress on a SavedModel check the signature's method_name (TF Serving's flag)
     enable_signature_method_name_check: bool = False
+    rest_console: bool = True  # the web console at / on the REST port
+    num_request_iterations_for_warmup: int = 0  # replays of each warm-up record; 0: TF Serving's default, once
     # Accepted flags and config fields that have no meaning here: named in one warning at start.
     ignored: tuple[str, ...] = ()
 
@@ -492,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
         "drain, for clients still routed here; in Kubernetes a preStop sleep does this instead",
     )
     _add_security_flags(parser)
+    _add_observability_flags(parser)
     _add_limit_flags(parser)
     _add_tfserving_flags(parser)
     return parser
@@ -511,6 +525,64 @@ def _add_security_flags(parser: argparse.ArgumentParser) -> None:
         help="comma-separated endpoints that need no token: 'health' (gRPC health service), "
         "'metrics' (the Prometheus path), 'status' (model status and metadata); '' for none",
     )
+
+
+def _add_observability_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("observability", "access log and OpenTelemetry tracing")
+    group.add_argument(
+        "--access_log",
+        default="",
+        metavar="PATH",
+        help="write one JSON line per request (protocol, API, model, version, signature, status, rows, "
+        "queue/compute/total ms, bytes, peer, trace id) to this file, or '-' for stderr (default: off)",
+    )
+    group.add_argument(
+        "--tracing_exporter",
+        choices=("none", "otlp", "console"),
+        default="none",
+        help="OpenTelemetry spans per request (queue and compute children; the caller's traceparent is "
+        "the parent): 'otlp' to a collector over gRPC, 'console' to stdout; needs the otel extra (default none)",
+    )
+    group.add_argument(
+        "--tracing_endpoint",
+        default="",
+        help="OTLP gRPC collector for --tracing_exporter otlp, e.g. http://collector:4317 (http: plaintext, "
+        "https: TLS; default: OTEL_EXPORTER_OTLP_ENDPOINT, else localhost:4317)",
+    )
+    group.add_argument(
+        "--tracing_sample_ratio",
+        type=float,
+        default=TracingConfig.sample_ratio,
+        help="fraction of traces started here that are recorded; requests with a traceparent follow "
+        "their caller's sampling decision (default 1.0)",
+    )
+
+
+def _tracing(args: argparse.Namespace) -> TracingConfig | None:
+    if not 0 <= args.tracing_sample_ratio <= 1:
+        raise ConfigError("--tracing_sample_ratio must be between 0.0 and 1.0")
+    if args.tracing_exporter == "none":
+        return None
+    import importlib.util
+
+    wanted = ["opentelemetry.sdk"] + (["opentelemetry.exporter.otlp"] if args.tracing_exporter == "otlp" else [])
+    for module in wanted:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            raise ConfigError(
+                f"--tracing_exporter {args.tracing_exporter} needs OpenTelemetry ({module} is not installed): "
+                "pip install 'model-serving[otel]'"
+            )
+    return TracingConfig(args.tracing_exporter, args.tracing_endpoint, args.tracing_sample_ratio)
+
+
+def _access_log(path: str) -> str:
+    if path and path != "-" and not Path(path).resolve().parent.is_dir():
+        raise ConfigError(f"--access_log {path}: folder {Path(path).resolve().parent} does not exist")
+    return path if path in ("", "-") else str(Path(path).resolve())
 
 
 def _add_tfserving_flags(parser: argparse.ArgumentParser) -> None:
@@ -568,6 +640,18 @@ def _add_tfserving_flags(parser: argparse.ArgumentParser) -> None:
         "Classify and Regress on a SavedModel require the signature's method_name to match, as TF Serving",
     )
     _add_bool(add, "--version", False, "print the version and exit")
+    add(
+        "--num_request_iterations_for_warmup",
+        type=int,
+        default=ServerConfig.num_request_iterations_for_warmup,
+        help="how many times each record of a version's warm-up file is replayed (0: once, TF Serving's default)",
+    )
+    _add_bool(
+        add,
+        "--rest_console",
+        ServerConfig.rest_console,
+        "serve the web console at / on the REST port (false for locked-down deployments)",
+    )
     for flag, kind, default, what in _UNUSED_FLAGS:
         help_text = f"accepted and not used here ({what}); named in the start-up warning when given"
         if kind is bool:
@@ -591,7 +675,6 @@ _UNUSED_FLAGS: tuple[tuple[str, type, object, str], ...] = (
     ("--use_alts_credentials", bool, False, "Google ALTS credentials"),
     ("--platform_config_file", str, "", "a TensorFlow PlatformConfigMap"),
     ("--saved_model_tags", str, "", "SavedModel meta graph tags"),
-    ("--num_request_iterations_for_warmup", int, 0, "warm-up replays per request"),
     ("--remove_unused_fields_from_bundle_metagraph", bool, True, "a TensorFlow memory saving"),
     ("--prefer_tflite_model", bool, False, "TF Lite models"),
     ("--use_tflite_model", bool, False, "TF Lite models (TF Serving 2.0-2.2)"),
@@ -754,12 +837,16 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         limits=limits,
         auth_token_file=Path(args.auth_token_file).resolve() if args.auth_token_file else None,
         auth_exempt=_exempt(args.auth_exempt),
+        access_log=_access_log(args.access_log),
+        tracing=_tracing(args),
         rest_api_num_threads=args.rest_api_num_threads,
         enable_model_warmup=args.enable_model_warmup,
         allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
         per_process_gpu_memory_fraction=args.per_process_gpu_memory_fraction,
         enable_serialization_as_tensor_content=args.enable_serialization_as_tensor_content,
         enable_signature_method_name_check=args.enable_signature_method_name_check,
+        rest_console=args.rest_console,
+        num_request_iterations_for_warmup=args.num_request_iterations_for_warmup,
         ignored=tuple(ignored),
     )
 

@@ -14,10 +14,12 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from google.protobuf import text_format
 
+from serving.accesslog import CURRENT, RequestRecord
 from serving.backends import Backend, Signature, TensorMeta
 from serving.batching import Batcher, rows_of
 from serving.codec import STRING, data_type, dtype_name, example_bytes
@@ -278,6 +280,189 @@ def _signature_text(signature: Signature) -> str:
     return text_format.MessageToString(signature_def(signature.name, signature))
 
 
+class VersionLike(Protocol):
+    """What planning needs of a model version: a served `ModelVersion`, or one still loading (its
+    warm-up replay, see `serving.warmup`)."""
+
+    name: str
+    version: int
+    backend: Backend | None
+
+    def signatures(self) -> Mapping[str, Signature]: ...
+
+
+def find_signature(version: VersionLike, name: str) -> Signature:
+    signatures = version.signatures()
+    try:
+        return signatures[name or DEFAULT_SIGNATURE]
+    except KeyError:
+        # TF Serving's code and wording (predict_util.cc), then what this version does have.
+        raise FailedPrecondition(
+            f'Serving signature key "{name}" not found. Model \'{version.name}\' version '
+            f"{version.version} has signatures {sorted(signatures)}"
+        ) from None
+
+
+def plan_tasks(
+    version: VersionLike, tasks: Sequence[TaskSpec], *, multi: bool, method_name_check: bool = False
+) -> list[ExampleTask]:
+    """Check that `version` can answer `tasks` (one Classify or Regress, or MultiInference's), before
+    anything runs; `method_name_check` is --enable_signature_method_name_check."""
+    if multi:
+        return _plan_multi(version, tasks, method_name_check)
+    return [_plan(version, tasks[0], method_name_check)]
+
+
+def task_inputs(planned: Sequence[ExampleTask], examples: Examples) -> list[dict[str, np.ndarray]]:
+    """The engine inputs of each planned task: the serialized examples (one string tensor, shared),
+    or their features as inputs by name."""
+    if not examples:
+        raise InvalidArgument("Input is empty.")  # TF Serving's words
+    serialized: np.ndarray | None = None
+    if any(task.serialized for task in planned):
+        serialized = np.empty(len(examples), dtype=STRING)
+        serialized[:] = [example_bytes(example) for example in examples]
+    inputs = []
+    for task in planned:
+        if task.serialized:
+            assert serialized is not None
+            inputs.append({EXAMPLES_INPUT: serialized})
+        else:
+            inputs.append(_examples_to_inputs(task.signature, examples))
+    return inputs
+
+
+def task_answer(task: ExampleTask, result: Result, examples: int) -> TaskAnswer:
+    """A task's outputs read as TF Serving reads them (classes and scores, or one value each)."""
+    if task.method == CLASSIFY_METHOD:
+        classes = (
+            _classifications(result.outputs, examples)
+            if task.serialized
+            else _labelled_classes(result.outputs["probabilities"], task.labels)
+        )
+        return TaskAnswer(result, task.method, classes=classes)
+    (output,) = result.outputs.values()
+    return TaskAnswer(result, task.method, values=_regressions(output, examples))
+
+
+def run_tasks_now(
+    version: VersionLike,
+    tasks: Sequence[TaskSpec],
+    examples: Examples,
+    *,
+    multi: bool = False,
+    method_name_check: bool = False,
+) -> list[TaskAnswer]:
+    """Classify, Regress or MultiInference run right here on `version`'s engine, with the checks and
+    answers of the request path but no batch queue, lease or metrics: a version's warm-up replay
+    (TF Serving's warm-up, too, calls RunClassify / RunRegress / RunMultiInference on the session)."""
+    backend = version.backend
+    assert backend is not None
+    planned = plan_tasks(version, tasks, multi=multi, method_name_check=method_name_check)
+    answers = []
+    for task, inputs in zip(planned, task_inputs(planned, examples), strict=True):
+        sig = task.signature
+        validate_inputs(sig, inputs)
+        prepared = backend.prepare(sig.name, inputs) if sig.needs_prepare else inputs
+        outputs = backend.run(sig.name, prepared, list(task.outputs))
+        result = Result(version, sig.name, {name: outputs[name] for name in task.outputs})  # type: ignore[arg-type]
+        answers.append(task_answer(task, result, len(examples)))
+    return answers
+
+
+def _plan_multi(version: VersionLike, tasks: Sequence[TaskSpec], method_name_check: bool) -> list[ExampleTask]:
+    """MultiInference's checks, in TF Serving's order and words (multi_inference.cc)."""
+    planned = []
+    seen: set[str] = set()
+    for task in tasks:
+        if not task.model:
+            raise InvalidArgument("Found ModelSpec with an empty model name.")
+        if task.model != tasks[0].model:
+            raise InvalidArgument("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+        name = task.signature or DEFAULT_SIGNATURE
+        if name in seen:
+            raise InvalidArgument(f"Duplicate evaluation of signature: {name}")
+        seen.add(name)
+        if name not in version.signatures():
+            raise InvalidArgument(f"Requested signature not found in model graph: {name}")
+        if task.method not in (CLASSIFY_METHOD, REGRESS_METHOD):
+            raise Unimplemented(f"Unsupported signature method_name: {task.method}")
+        planned.append(_plan(version, task, method_name_check))
+    return planned
+
+def _plan(version: VersionLike, task: TaskSpec, method_name_check: bool) -> ExampleTask:
+    """Check that `task.signature` can answer `task.method`, before anything runs."""
+    backend = version.backend
+    assert backend is not None  # resolve() returns AVAILABLE versions; the lease keeps it so
+    if backend.platform == "tensorflow":
+        return _plan_signature_def(version, task, method_name_check)
+    return _plan_features(version, task, backend.labels)
+
+def _plan_signature_def(version: VersionLike, task: TaskSpec, method_name_check: bool) -> ExampleTask:
+    """A SavedModel signature, with TF Serving's checks and errors (classifier.cc, regressor.cc)."""
+    name = task.signature or DEFAULT_SIGNATURE
+    signatures = version.signatures()
+    if name not in signatures:
+        raise InvalidArgument(f"No signature was found with the name: {name}")
+    sig = signatures[name]
+    classify = task.method == CLASSIFY_METHOD
+    kind = "classification" if classify else "regression"
+    if method_name_check and sig.method != task.method:
+        raise InvalidArgument(f"Expected {kind} signature method_name to be {task.method}. Was: {sig.method}")
+    if len(sig.inputs) != 1:
+        raise InvalidArgument("Expected one input Tensor.")
+    if classify and len(sig.outputs) not in (1, 2):
+        raise InvalidArgument(f"Expected one or two output Tensors, found {len(sig.outputs)}")
+    if not classify and len(sig.outputs) != 1:
+        raise InvalidArgument("Expected one output Tensor.")
+    if EXAMPLES_INPUT not in sig.inputs:
+        raise InvalidArgument(f"No {kind} inputs found in SignatureDef: {_signature_text(sig)}")
+    if classify:
+        outputs = tuple(key for key in (CLASSES_OUTPUT, SCORES_OUTPUT) if key in sig.outputs)
+        if not outputs:
+            raise InvalidArgument(
+                f'Expected classification signature outputs to contain at least one of "{CLASSES_OUTPUT}" or '
+                f'"{SCORES_OUTPUT}". Signature was: {_signature_text(sig)}'
+            )
+    else:
+        outputs = (REGRESS_OUTPUT,)
+        if REGRESS_OUTPUT not in sig.outputs:
+            raise InvalidArgument(f"No regression outputs found in SignatureDef: {_signature_text(sig)}")
+    given = sig.inputs[EXAMPLES_INPUT].dtype
+    if given != STRING:
+        # TensorFlow would refuse the string feed; say why in the request's terms.
+        raise InvalidArgument(
+            f"signature '{name}' takes '{EXAMPLES_INPUT}' as {dtype_name(given)}, not the serialized "
+            f"tf.Examples (string) that {'Classify' if classify else 'Regress'} feeds it: use Predict"
+        )
+    return ExampleTask(sig, task.method, serialized=True, outputs=outputs)
+
+def _plan_features(version: VersionLike, task: TaskSpec, labels: tuple[str, ...]) -> ExampleTask:
+    """An ONNX signature: features are fed as its inputs (see `_examples_to_inputs`)."""
+    sig = find_signature(version, task.signature)
+    if task.method == CLASSIFY_METHOD:
+        if "probabilities" not in sig.outputs or not labels:
+            raise FailedPrecondition(
+                f"signature '{sig.name}' of model '{version.name}' has no labelled 'probabilities' output "
+                "to classify with"
+            )
+        return ExampleTask(sig, task.method, serialized=False, outputs=("probabilities",), labels=labels)
+    if len(sig.outputs) != 1:
+        raise InvalidArgument(
+            f"Expected one output Tensor. Signature '{sig.name}' of model '{version.name}' has "
+            f"{sorted(sig.outputs)}"
+        )
+    ((output, meta),) = sig.outputs.items()
+    if meta.dtype != np.float32:
+        raise InvalidArgument(f"Expected output Tensor of DT_FLOAT.  Got: {_data_type_name(meta.dtype)}")
+    if not (len(meta.shape) == 1 or (len(meta.shape) == 2 and meta.shape[1] == 1)):
+        raise InvalidArgument(
+            "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
+            f"{_debug_shape(meta.shape)} (output '{output}' of signature '{sig.name}')"
+        )
+    return ExampleTask(sig, task.method, serialized=False, outputs=(output,))
+
+
 class DataPlane:
     def __init__(
         self,
@@ -308,15 +493,7 @@ class DataPlane:
     # -- resolution ------------------------------------------------------------------------------
 
     def signature_of(self, version: ModelVersion, name: str) -> Signature:
-        signatures = version.signatures()
-        try:
-            return signatures[name or DEFAULT_SIGNATURE]
-        except KeyError:
-            # TF Serving's code and wording (predict_util.cc), then what this version does have.
-            raise FailedPrecondition(
-                f'Serving signature key "{name}" not found. Model \'{version.name}\' version '
-                f"{version.version} has signatures {sorted(signatures)}"
-            ) from None
+        return find_signature(version, name)
 
     def _inline(self, version: ModelVersion, signature: str, rows: int, requests: int = 1) -> bool:
         """Whether an engine call of `rows` rows answering `requests` requests runs on the event loop.
@@ -354,9 +531,16 @@ class DataPlane:
         inputs: dict[str, np.ndarray],
         signature: str,
         output_filter: Sequence[str],
+        api: str | None = "Predict",
     ) -> Result:
+        """Validate, prepare and run one request. `api` labels its TF Serving runtime_latency sample
+        ("Predict", "Classify", "Regress"; None: not recorded, as TF Serving records none for
+        MultiInference)."""
         sig = self.signature_of(resolved, signature)
         rows = validate_inputs(sig, inputs, self.limits)
+        record = CURRENT.get()  # this request's access-log / trace record (None: both off)
+        if record is not None:
+            record.describe(resolved.name, resolved.version, sig.name, rows)
         if self.batching is not None and rows > self.batching.max_batch_size:
             # TF Serving's answer: max_batch_size is the largest request, split or not (with
             # enable_large_batch_splitting the batcher splits requests over max_execution_batch_size).
@@ -381,31 +565,48 @@ class DataPlane:
         backend = resolved.backend
         assert backend is not None  # resolve() returns AVAILABLE versions; the lease keeps it so
         loop = asyncio.get_running_loop()
+        # TF Serving's runtime_latency spans the request's Session::Run: with batching its wait in the
+        # batch queue and its batch's run; image decoding and tokenizing (`prepare`), which a
+        # SavedModel does in its graph, included.
+        started = time.perf_counter()
         prepared = (
             await loop.run_in_executor(self.executor, backend.prepare, sig.name, inputs)
             if sig.needs_prepare
             else inputs
         )
+        if record is not None:  # the engine side (batcher, `_run`) says when it ran: queue, compute
+            if sig.needs_prepare:
+                record.phase("preprocess", started, time.perf_counter())
+            record.dispatch()
         if self.batching is not None:
             outputs = await self._batcher(resolved, sig.name).submit(prepared)
         elif self._inline(resolved, sig.name, rows_of(prepared)):
-            outputs = self._run(resolved, backend, sig.name, prepared)
+            outputs = self._run(resolved, backend, sig.name, prepared, record)
         else:
             outputs = await loop.run_in_executor(
-                self.executor, self._run, resolved, backend, sig.name, prepared
+                self.executor, self._run, resolved, backend, sig.name, prepared, record
             )
+        if api is not None:
+            self.metrics.observe_runtime(resolved.name, api, time.perf_counter() - started)
         if output_filter:
             outputs = {name: outputs[name] for name in output_filter}
         return Result(resolved, sig.name, outputs)
 
     def _run(
-        self, version: ModelVersion, backend: Backend, signature: str, inputs: Mapping[str, np.ndarray]
+        self,
+        version: ModelVersion,
+        backend: Backend,
+        signature: str,
+        inputs: Mapping[str, np.ndarray],
+        record: RequestRecord | None = None,
     ) -> dict[str, np.ndarray]:
         started = time.perf_counter()
         outputs = backend.run(signature, inputs)
         self.metrics.engine(version.name, signature).observe(
             rows_of(inputs), rows_of(inputs), time.perf_counter() - started
         )
+        if record is not None:
+            record.computed(started, time.perf_counter())
         return outputs
 
     def _batcher(self, version: ModelVersion, signature: str) -> Batcher:
@@ -421,12 +622,15 @@ class DataPlane:
                 engine.observe(rows, padded, seconds)
                 queued.set(sum(b.queued_rows for b in version.batchers.values()))
 
+            metrics = self.metrics
             batcher = Batcher(
                 lambda tensors: backend.run(signature, tensors),
                 self.batching,
                 self.executor,
                 observe,
                 inline=lambda rows, requests: self._inline(version, signature, rows, requests),
+                on_submit=lambda tensors: metrics.batching_submitted(int(value.shape[0]) for value in tensors.values()),
+                on_dequeue=lambda rows, seconds: metrics.batching_dequeued(seconds),
             )
             version.batchers[signature] = batcher
         return batcher
@@ -498,128 +702,18 @@ class DataPlane:
         resolved = self.repository.resolve(model, version, label)
         resolved.acquire()  # as in predict: the version stays open until every task has its answer
         try:
-            planned = self._plan_multi(resolved, tasks) if multi else [self._plan(resolved, tasks[0])]
-            if not examples:
-                raise InvalidArgument("Input is empty.")  # TF Serving's words
-            serialized: np.ndarray | None = None
-            if any(task.serialized for task in planned):
-                serialized = np.empty(len(examples), dtype=STRING)
-                serialized[:] = [example_bytes(example) for example in examples]
+            planned = plan_tasks(resolved, tasks, multi=multi, method_name_check=self.signature_method_name_check)
             answers = []
-            for task in planned:
-                if task.serialized:
-                    assert serialized is not None
-                    inputs = {EXAMPLES_INPUT: serialized}
-                else:
-                    inputs = _examples_to_inputs(task.signature, examples)
-                result = await self._predict(resolved, inputs, task.signature.name, task.outputs)
-                if task.method == CLASSIFY_METHOD:
-                    classes = (
-                        _classifications(result.outputs, len(examples))
-                        if task.serialized
-                        else _labelled_classes(result.outputs["probabilities"], task.labels)
-                    )
-                    answers.append(TaskAnswer(result, task.method, classes=classes))
-                else:
-                    (output,) = result.outputs.values()
-                    answers.append(TaskAnswer(result, task.method, values=_regressions(output, len(examples))))
+            for task, inputs in zip(planned, task_inputs(planned, examples), strict=True):
+                # TF Serving records runtime_latency for Classify and Regress, not for MultiInference.
+                api = None if multi else ("Classify" if task.method == CLASSIFY_METHOD else "Regress")
+                result = await self._predict(resolved, inputs, task.signature.name, task.outputs, api)
+                answers.append(task_answer(task, result, len(examples)))
             if multi:  # TF Serving counts examples for MultiInference only (multi_inference.cc)
                 self.metrics.observe_examples(resolved.name, len(examples))
             return answers
         finally:
             resolved.release()
-
-    def _plan_multi(self, version: ModelVersion, tasks: Sequence[TaskSpec]) -> list[ExampleTask]:
-        """MultiInference's checks, in TF Serving's order and words (multi_inference.cc)."""
-        planned = []
-        seen: set[str] = set()
-        for task in tasks:
-            if not task.model:
-                raise InvalidArgument("Found ModelSpec with an empty model name.")
-            if task.model != version.name:
-                raise InvalidArgument("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
-            name = task.signature or DEFAULT_SIGNATURE
-            if name in seen:
-                raise InvalidArgument(f"Duplicate evaluation of signature: {name}")
-            seen.add(name)
-            if name not in version.signatures():
-                raise InvalidArgument(f"Requested signature not found in model graph: {name}")
-            if task.method not in (CLASSIFY_METHOD, REGRESS_METHOD):
-                raise Unimplemented(f"Unsupported signature method_name: {task.method}")
-            planned.append(self._plan(version, task))
-        return planned
-
-    def _plan(self, version: ModelVersion, task: TaskSpec) -> ExampleTask:
-        """Check that `task.signature` can answer `task.method`, before anything runs."""
-        backend = version.backend
-        assert backend is not None  # resolve() returns AVAILABLE versions; the lease keeps it so
-        if backend.platform == "tensorflow":
-            return self._plan_signature_def(version, task)
-        return self._plan_features(version, task, backend.labels)
-
-    def _plan_signature_def(self, version: ModelVersion, task: TaskSpec) -> ExampleTask:
-        """A SavedModel signature, with TF Serving's checks and errors (classifier.cc, regressor.cc)."""
-        name = task.signature or DEFAULT_SIGNATURE
-        signatures = version.signatures()
-        if name not in signatures:
-            raise InvalidArgument(f"No signature was found with the name: {name}")
-        sig = signatures[name]
-        classify = task.method == CLASSIFY_METHOD
-        kind = "classification" if classify else "regression"
-        if self.signature_method_name_check and sig.method != task.method:
-            raise InvalidArgument(f"Expected {kind} signature method_name to be {task.method}. Was: {sig.method}")
-        if len(sig.inputs) != 1:
-            raise InvalidArgument("Expected one input Tensor.")
-        if classify and len(sig.outputs) not in (1, 2):
-            raise InvalidArgument(f"Expected one or two output Tensors, found {len(sig.outputs)}")
-        if not classify and len(sig.outputs) != 1:
-            raise InvalidArgument("Expected one output Tensor.")
-        if EXAMPLES_INPUT not in sig.inputs:
-            raise InvalidArgument(f"No {kind} inputs found in SignatureDef: {_signature_text(sig)}")
-        if classify:
-            outputs = tuple(key for key in (CLASSES_OUTPUT, SCORES_OUTPUT) if key in sig.outputs)
-            if not outputs:
-                raise InvalidArgument(
-                    f'Expected classification signature outputs to contain at least one of "{CLASSES_OUTPUT}" or '
-                    f'"{SCORES_OUTPUT}". Signature was: {_signature_text(sig)}'
-                )
-        else:
-            outputs = (REGRESS_OUTPUT,)
-            if REGRESS_OUTPUT not in sig.outputs:
-                raise InvalidArgument(f"No regression outputs found in SignatureDef: {_signature_text(sig)}")
-        given = sig.inputs[EXAMPLES_INPUT].dtype
-        if given != STRING:
-            # TensorFlow would refuse the string feed; say why in the request's terms.
-            raise InvalidArgument(
-                f"signature '{name}' takes '{EXAMPLES_INPUT}' as {dtype_name(given)}, not the serialized "
-                f"tf.Examples (string) that {'Classify' if classify else 'Regress'} feeds it: use Predict"
-            )
-        return ExampleTask(sig, task.method, serialized=True, outputs=outputs)
-
-    def _plan_features(self, version: ModelVersion, task: TaskSpec, labels: tuple[str, ...]) -> ExampleTask:
-        """An ONNX signature: features are fed as its inputs (see `_examples_to_inputs`)."""
-        sig = self.signature_of(version, task.signature)
-        if task.method == CLASSIFY_METHOD:
-            if "probabilities" not in sig.outputs or not labels:
-                raise FailedPrecondition(
-                    f"signature '{sig.name}' of model '{version.name}' has no labelled 'probabilities' output "
-                    "to classify with"
-                )
-            return ExampleTask(sig, task.method, serialized=False, outputs=("probabilities",), labels=labels)
-        if len(sig.outputs) != 1:
-            raise InvalidArgument(
-                f"Expected one output Tensor. Signature '{sig.name}' of model '{version.name}' has "
-                f"{sorted(sig.outputs)}"
-            )
-        ((output, meta),) = sig.outputs.items()
-        if meta.dtype != np.float32:
-            raise InvalidArgument(f"Expected output Tensor of DT_FLOAT.  Got: {_data_type_name(meta.dtype)}")
-        if not (len(meta.shape) == 1 or (len(meta.shape) == 2 and meta.shape[1] == 1)):
-            raise InvalidArgument(
-                "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
-                f"{_debug_shape(meta.shape)} (output '{output}' of signature '{sig.name}')"
-            )
-        return ExampleTask(sig, task.method, serialized=False, outputs=(output,))
 
     # -- metadata and status ---------------------------------------------------------------------
 
@@ -627,6 +721,8 @@ class DataPlane:
         self, model: str, version: int | None = None, label: str | None = None
     ) -> tuple[ModelVersion, Mapping[str, Signature]]:
         resolved = self.repository.resolve(model, version, label)
+        if (record := CURRENT.get()) is not None:
+            record.describe(resolved.name, resolved.version, "")
         return resolved, resolved.signatures()
 
 

@@ -157,23 +157,22 @@ def _tf_label_value(value: str) -> str:
 class EngineMetrics:
     """Per engine call: rows, padding rows, seconds (children of the labelled metrics).
 
-    Also TF Serving's `runtime_latency` (one sample per engine call, API "Predict": every engine call
-    here runs a signature as Predict does) and, with batching, its batching-session metrics.
+    Also, with batching, TF Serving's batching-session metrics of the batch (wrapped_run_count,
+    processed_batch_size, padding_size). TF Serving's `runtime_latency` is per request, not per
+    engine call: see `Metrics.observe_runtime`.
     """
 
-    __slots__ = ("_batch_size", "_batching", "_padding", "_runtime", "_seconds")
+    __slots__ = ("_batch_size", "_batching", "_padding", "_seconds")
 
-    def __init__(self, batch_size: Any, padding: Any, seconds: Any, runtime: Any = None, batching: Any = None) -> None:
+    def __init__(self, batch_size: Any, padding: Any, seconds: Any, batching: Any = None) -> None:
         self._batch_size, self._padding, self._seconds = batch_size, padding, seconds
-        self._runtime, self._batching = runtime, batching
+        self._batching = batching
 
     def observe(self, rows: int, padded: int, seconds: float) -> None:
         self._batch_size.observe(rows)
         if padded > rows:
             self._padding.inc(padded - rows)
         self._seconds.observe(seconds)
-        if self._runtime is not None:
-            self._runtime.observe(int(seconds * 1e6))
         if self._batching is not None:
             self._batching.observe_batch(rows, padded)
 
@@ -262,6 +261,7 @@ class Metrics:
         # (model, api, entrypoint, status) -> (requests counter, TF request_latency or None)
         self._requests: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
         self._engines: dict[tuple[str, str], EngineMetrics] = {}
+        self._runtimes: dict[tuple[str, str], Any] = {}  # (model, API) -> runtime_latency child
         self._batching_session = _BatchingSession(self) if batching else None
 
     def observe_request(self, model: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
@@ -314,17 +314,32 @@ class Metrics:
                 self.batch_size.labels(model, signature),
                 self.batch_padding.labels(model, signature),
                 self.engine_seconds.labels(model, signature),
-                self.runtime_latency.labels(model, "Predict", self.runtime),
                 self._batching_session,
             )
             self._engines[(model, signature)] = found
         return found
 
-    def batching_task(self, rows: int, queued_seconds: float) -> None:
-        """One request's task taken from a batch queue: TF Serving's input_batch_size (its rows) and
-        queuing_latency (the time it waited)."""
+    def observe_runtime(self, model: str, api: str, seconds: float) -> None:
+        """TF Serving's runtime_latency: one successful request's time in the model (its
+        Session::Run, batch queue included with batching), `api` "Predict", "Classify" or "Regress"."""
+        child = self._runtimes.get((model, api))
+        if child is None:
+            child = self.runtime_latency.labels(model, api, self.runtime)
+            self._runtimes[(model, api)] = child
+        child.observe(int(seconds * 1e6))
+
+    def batching_submitted(self, batch_sizes: Iterable[int]) -> None:
+        """A request entering a batch queue: TF Serving's input_batch_size, one sample per input
+        tensor (its batch dimension), as its batching session records them."""
         if self._batching_session is not None:
-            self._batching_session.observe_task(rows, queued_seconds)
+            for size in batch_sizes:
+                self._batching_session.observe_input(size)
+
+    def batching_dequeued(self, queued_seconds: float) -> None:
+        """A task (a request, or a piece of a split one) taken from a batch queue into a batch:
+        TF Serving's queuing_latency, the time it waited."""
+        if self._batching_session is not None:
+            self._batching_session.observe_queued(queued_seconds)
 
     def observe_examples(self, model: str, count: int) -> None:
         """The tf.Examples of one MultiInference request (TF Serving counts them there only)."""
@@ -373,6 +388,8 @@ class Metrics:
             return
         for engine_key in [engine_key for engine_key in self._engines if engine_key[0] == name]:
             del self._engines[engine_key]
+        for runtime_key in [runtime_key for runtime_key in self._runtimes if runtime_key[0] == name]:
+            del self._runtimes[runtime_key]
         for metric in list(vars(self).values()):
             if not isinstance(metric, MetricWrapperBase):
                 continue
@@ -411,8 +428,10 @@ class _BatchingSession:
             child = self._padding[padded] = self._padding_metric.labels(str(padded))
         child.observe(padded - rows)
 
-    def observe_task(self, rows: int, queued_seconds: float) -> None:
+    def observe_input(self, rows: int) -> None:
         self._inputs.observe(rows)
+
+    def observe_queued(self, queued_seconds: float) -> None:
         self._queuing.observe(int(queued_seconds * 1e6))
 
 

@@ -14,6 +14,9 @@ serves exactly that list: added models load, removed ones unload once their requ
 ones are re-synced. The answer comes once the added models are AVAILABLE, or have failed to load
 (UNKNOWN, naming them, as TF Serving's wait for new models ends); a failed model stays configured.
 
+`ReloadConfigRequest.metric_names` is answered as TF Serving answers it: for each distinct name, how
+much that TF Serving metric grew while the reload ran (`tf_metric_values` says what is read).
+
 Relative base paths are read relative to the `--model_config_file`'s folder, as at start-up; a
 server started with `--model_base_path` has no such folder, and refuses them as TF Serving does.
 With `--workers N` a gRPC call reaches one worker only, so the RPC is refused there
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 import grpc
@@ -32,7 +35,7 @@ from google.protobuf import text_format
 
 from serving.config import ConfigError, ModelConfig, parse_model_config_text
 from serving.errors import FailedPrecondition, InvalidArgument, ServingError
-from serving.metrics import Metrics
+from serving.metrics import REQUESTS_FAMILY, TF_API, TF_METRICS, TF_REQUEST_COUNT, Metrics
 from serving.proto import config_pb2
 from serving.repository import ConfigChange, Repository, State
 
@@ -147,6 +150,10 @@ class ConfigReloader:
     def served(self) -> dict[str, ModelConfig]:
         return {name: model.config for name, model in self.repository.models.items()}
 
+    def metric_values(self, names: Iterable[str]) -> dict[str, int]:
+        """The named TF Serving metrics' values now (see `tf_metric_values`)."""
+        return tf_metric_values(self.metrics, names)
+
     async def handle_request(self, message: config_pb2.ModelServerConfig) -> ConfigChange:
         """HandleReloadConfigRequest: only a model_config_list, only where one process serves."""
         if self.workers > 1:
@@ -237,6 +244,41 @@ class ConfigReloader:
                         f"Request to assign label to version {version} of model {config.name}, which is not "
                         "currently available for inference"
                     )
+
+
+def tf_metric_values(metrics: Metrics, names: Iterable[str]) -> dict[str, int]:
+    """The value of each named TF Serving metric, as TF Serving's HandleReloadConfigRequest reads it
+    (model_service_impl.cc, GetMetrics) for `ReloadConfigRequest.metric_names`.
+
+    A name is a metric's TF path (`/tensorflow/serving/model_warmup_records_read`; see
+    `serving.metrics.TF_METRICS`). TF reads the int64 value of the metric's first cell, the cells in
+    the order of their label values, so: a counter's first series by label values (the only one
+    for an unlabelled counter), 0 for a histogram (its cells hold no int64 value), 0 for a metric
+    with no series yet and for a name this server does not have (TF's "not found"). One entry per
+    distinct name, in the request's order.
+    """
+    wanted = list(dict.fromkeys(names))
+    specs = {spec.path: spec for spec in TF_METRICS}
+    families = {family.name: family for family in metrics.registry.collect()}
+    values = {}
+    for name in wanted:
+        spec = specs.get(name)
+        cells: dict[tuple[str, ...], float] = {}
+        if spec is TF_REQUEST_COUNT:
+            # Summed from the project's per-API counter when rendered: the same sum here.
+            family = families.get(REQUESTS_FAMILY)
+            for sample in family.samples if family is not None else ():
+                labels = sample.labels
+                if sample.name.endswith("_total") and (labels.get("API"), labels.get("entrypoint")) in TF_API:
+                    key = (labels["model_name"], labels["status"])
+                    cells[key] = cells.get(key, 0.0) + sample.value
+        elif spec is not None and spec.kind == "counter":
+            family = families.get(spec.name.removesuffix("_total"))  # prometheus_client drops it
+            for sample in family.samples if family is not None else ():
+                if sample.name.endswith("_total"):
+                    cells[tuple(sample.labels.get(label, "") for label in spec.labels)] = sample.value
+        values[name] = int(cells[min(cells)]) if cells else 0
+    return values
 
 
 async def _nothing() -> None:

@@ -31,6 +31,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from grpc_health.v1 import health, health_pb2
 
+from serving.accesslog import Telemetry, telemetry_from_config
 from serving.admission import Admission
 from serving.auth import TokenFile
 from serving.backends import BackendOptions, runtime_info
@@ -40,6 +41,7 @@ from serving.metrics import Metrics
 from serving.preprocess import PreprocessLimits
 from serving.protocol import Services
 from serving.protocol.grpc.server import READINESS_SERVICES, HealthServicer, create_server
+from serving.protocol.rest import console
 from serving.protocol.rest.app import RestApi
 from serving.protocol.rest.guard import GuardedSite, ssl_context
 from serving.reload import ConfigReloader, poll_config_file
@@ -95,6 +97,7 @@ class RunningServer:
     rest_port: int
     executor: ThreadPoolExecutor
     readiness: Readiness
+    telemetry: Telemetry | None = None  # the access log and tracing, closed last
     stopping: bool = False
     locally_ready: bool = False  # this process's own models
     serving: bool | None = None  # what health last reported
@@ -157,6 +160,8 @@ class RunningServer:
         await admission.wait_idle(CLOSE_GRACE_SECONDS)
         await self.services.repository.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.telemetry is not None:  # the last lines and spans are written before the process exits
+            await asyncio.get_running_loop().run_in_executor(None, self.telemetry.close)
 
 
 class _MalformedHttpFilter(logging.Filter):
@@ -191,8 +196,14 @@ class _MalformedHttpFilter(logging.Filter):
         return True
 
 
-async def start(config: ServerConfig, readiness: Readiness | None = None) -> RunningServer:
-    """Start listening and load the models; returns once every model has been tried once."""
+async def start(
+    config: ServerConfig, readiness: Readiness | None = None, telemetry: Telemetry | None = None
+) -> RunningServer:
+    """Start listening and load the models; returns once every model has been tried once.
+
+    `telemetry`: the access log and tracing to use instead of those the config asks for (tests
+    give one with an in-memory span exporter).
+    """
     aiohttp_server_log = logging.getLogger("aiohttp.server")
     http_filter = next((f for f in aiohttp_server_log.filters if isinstance(f, _MalformedHttpFilter)), None)
     if http_filter is None:
@@ -225,7 +236,12 @@ async def start(config: ServerConfig, readiness: Readiness | None = None) -> Run
             metrics.model_runtime.labels(*labels).set(1 if version.state == State.AVAILABLE else 0)
 
     repository.on_change = on_change
-    repository.warmup = WarmupSettings(enabled=config.enable_model_warmup, observe=metrics.observe_warmup)
+    repository.warmup = WarmupSettings(
+        enabled=config.enable_model_warmup,
+        iterations=max(1, config.num_request_iterations_for_warmup),
+        observe=metrics.observe_warmup,
+        signature_method_name_check=config.enable_signature_method_name_check,
+    )
     dataplane = DataPlane(
         repository,
         metrics,
@@ -259,8 +275,10 @@ async def start(config: ServerConfig, readiness: Readiness | None = None) -> Run
     if tokens is not None:
         log.info("bearer tokens required (%d loaded); exempt: %s", tokens.count, ", ".join(config.auth_exempt) or "nothing")
 
+    if telemetry is None:
+        telemetry = telemetry_from_config(config)
     try:
-        grpc_server, grpc_port = create_server(services, config)
+        grpc_server, grpc_port = create_server(services, config, telemetry)
     except RuntimeError as exc:  # grpc's "Failed to bind to address ...": one line, not a traceback
         executor.shutdown(wait=False, cancel_futures=True)
         raise OSError(
@@ -273,9 +291,18 @@ async def start(config: ServerConfig, readiness: Readiness | None = None) -> Run
 
     runner, rest_port = None, -1
     if config.rest_api_port >= 0:
-        api = RestApi(services, config.monitoring, config.limits, parse_threads=config.rest_api_num_threads or 1)
+        api = RestApi(
+            services,
+            config.monitoring,
+            config.limits,
+            parse_threads=config.rest_api_num_threads or 1,
+            telemetry=telemetry,
+        )
+        rest_app = api.app()
+        if config.rest_console:
+            console.add_routes(rest_app, repository)  # GET / on the REST port
         runner = web.AppRunner(
-            api.app(),
+            rest_app,
             access_log=None,
             shutdown_timeout=2.0,
             # The keep-alive timer runs from the moment a connection opens: it is the header timeout too.
@@ -312,6 +339,7 @@ async def start(config: ServerConfig, readiness: Readiness | None = None) -> Run
         rest_port=rest_port,
         executor=executor,
         readiness=readiness or LocalReadiness(),
+        telemetry=telemetry,
     )
     reloader.after = running.refresh_health
     await running.refresh_health()

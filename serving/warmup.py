@@ -7,9 +7,12 @@ This server replays it the same way, before the version turns AVAILABLE:
 - every record, in file order, `iterations` times each (TF Serving's num_request_iterations, 1 by
   default), through the engine path a request takes: the TensorProtos decoded by `serving.codec`,
   validated against the signature like any request, prepared (images decoded, text tokenized), run;
-- Predict logs are run; Classify, Regress and MultiInference logs are skipped with a warning (TF
-  Serving runs them; here the data plane builds their engine inputs on the request path only);
-  PredictStreamed and SessionRun logs fail the load with UNIMPLEMENTED, as in TF Serving;
+- Predict, Classify, Regress and MultiInference logs are run, as TF Serving runs them: Classify,
+  Regress and MultiInference with the data plane's own checks, engine inputs and output reading
+  (`serving.dataplane.run_tasks_now`: serialized tf.Examples for a SavedModel's classify/regress
+  signatures, features fed by name on ONNX), so a record the request path would refuse fails the
+  load with the request path's error; PredictStreamed and SessionRun logs fail the load with
+  UNIMPLEMENTED, as in TF Serving;
 - any failure fails the load of the version, with TF Serving's status code and wording: a
   truncated record or a CRC mismatch is DATA_LOSS ("... Please verify your warmup data is in
   TFRecord format."), a record that is no PredictionLog or more than 1000 records INVALID_ARGUMENT,
@@ -29,7 +32,7 @@ import io
 import logging
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,6 +165,8 @@ class WarmupSettings:
     enabled: bool = True
     iterations: int = 1
     observe: Callable[[str, str, float, int], None] | None = None
+    # --enable_signature_method_name_check, which TF Serving applies to warm-up requests too.
+    signature_method_name_check: bool = False
 
 
 DEFAULT_WARMUP = WarmupSettings()
@@ -170,8 +175,21 @@ DEFAULT_WARMUP = WarmupSettings()
 @dataclass(frozen=True)
 class ReplayResult:
     records: int
-    skipped: dict[str, int]  # log kind -> records not replayed (see the module docstring)
+    replayed: dict[str, int]  # log kind (predict_log, classify_log, ...) -> records run
     seconds: float
+
+
+@dataclass
+class LoadingVersion:
+    """The version being warmed up, as the data plane's task planning sees a version (it is not
+    served yet, so not in the repository); name and number only appear in error messages."""
+
+    name: str
+    version: int
+    backend: Backend | None
+
+    def signatures(self) -> Mapping[str, Signature]:
+        return self.backend.signatures() if self.backend is not None else {}
 
 
 def predict_log(
@@ -198,7 +216,7 @@ def replay(
         return None
     started = time.perf_counter()
     records = 0
-    skipped: dict[str, int] = {}
+    replayed: dict[str, int] = {}
     try:
         for data in read_records(path):
             try:
@@ -209,11 +227,10 @@ def replay(
                     f"Failed to parse warmup record {records} (not a PredictionLog) from {path}",
                 ) from None
             kind = record.WhichOneof("log_type")
-            if kind in ("classify_log", "regress_log", "multi_inference_log"):
-                skipped[kind] = skipped.get(kind, 0) + 1
-            else:
-                for _ in range(max(settings.iterations, 1)):
-                    _run(backend, record, kind, path, records)
+            for _ in range(max(settings.iterations, 1)):
+                _run(backend, record, kind, path, records, settings.signature_method_name_check)
+            if kind is not None:
+                replayed[kind] = replayed.get(kind, 0) + 1
             records += 1
             if records > MAX_RECORDS:
                 raise WarmupError(
@@ -229,18 +246,15 @@ def replay(
         raise
     seconds = time.perf_counter() - started
     _observe(settings, version_dir, "OK", seconds, records)
-    for kind, count in sorted(skipped.items()):
-        log.warning(
-            "%s: %d %s record(s) not replayed (only Predict logs are replayed here)", path, count, kind
-        )
     log.info(
-        "%s: replayed %d warm-up record(s) x%d in %.3fs",
+        "%s: replayed %d warm-up record(s) x%d in %.3fs (%s)",
         path,
-        records - sum(skipped.values()),
+        sum(replayed.values()),
         settings.iterations,
         seconds,
+        ", ".join(f"{count} {kind}" for kind, count in sorted(replayed.items())) or "none",
     )
-    return ReplayResult(records, skipped, seconds)
+    return ReplayResult(records, replayed, seconds)
 
 
 def _observe(settings: WarmupSettings, version_dir: Path, status: str, seconds: float, records: int) -> None:
@@ -248,9 +262,14 @@ def _observe(settings: WarmupSettings, version_dir: Path, status: str, seconds: 
         settings.observe(str(version_dir), status, seconds, records)
 
 
-def _run(backend: Backend, record: Any, kind: str | None, path: Path, index: int) -> None:
+def _run(
+    backend: Backend, record: Any, kind: str | None, path: Path, index: int, method_name_check: bool = False
+) -> None:
     if kind is None:
         return  # an empty log: TF Serving skips it too
+    if kind in _EXAMPLE_LOGS:
+        _run_examples(backend, getattr(record, kind).request, kind, path, index, method_name_check)
+        return
     if kind != "predict_log":
         # TF Serving's answer (saved_model_warmup.cc) for the kinds it cannot replay either.
         number = prediction_log_pb2.PredictionLog.DESCRIPTOR.fields_by_name[kind].number
@@ -281,6 +300,38 @@ def _run(backend: Backend, record: Any, kind: str | None, path: Path, index: int
             )
         prepared = backend.prepare(name, inputs) if signature.needs_prepare else inputs
         backend.run(name, prepared, outputs)
+    except ServingError as exc:
+        raise WarmupError(exc.grpc_code.name, f"{exc.message} (warm-up record {index} of {path})") from exc
+
+
+_EXAMPLE_LOGS = ("classify_log", "regress_log", "multi_inference_log")
+
+
+def _run_examples(
+    backend: Backend, request: Any, kind: str, path: Path, index: int, method_name_check: bool
+) -> None:
+    """A Classify, Regress or MultiInference request run as the request path runs it (TF Serving's
+    warm-up calls RunClassify, RunRegress, RunMultiInference on the session the same way)."""
+    from serving.dataplane import CLASSIFY_METHOD, REGRESS_METHOD, TaskSpec, run_tasks_now
+    from serving.protocol.grpc.server import request_examples
+
+    if kind == "multi_inference_log":
+        tasks = [TaskSpec(t.model_spec.name, t.model_spec.signature_name, t.method_name) for t in request.tasks]
+        model = tasks[0].model if tasks else ""
+    else:
+        method = CLASSIFY_METHOD if kind == "classify_log" else REGRESS_METHOD
+        tasks = [TaskSpec(request.model_spec.name, request.model_spec.signature_name, method)]
+        model = request.model_spec.name
+    number = int(path.parent.parent.name) if path.parent.parent.name.isdigit() else 0
+    version = LoadingVersion(model, number, backend)
+    try:
+        run_tasks_now(
+            version,
+            tasks,
+            request_examples(request.input),
+            multi=kind == "multi_inference_log",
+            method_name_check=method_name_check,
+        )
     except ServingError as exc:
         raise WarmupError(exc.grpc_code.name, f"{exc.message} (warm-up record {index} of {path})") from exc
 

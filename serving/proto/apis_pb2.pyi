@@ -265,7 +265,17 @@ class ReloadConfigRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[_config_pb2.ModelServerConfig, _Mapping]] = ..., metric_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ReloadConfigResponse(_message.Message):
-    __slots__ = ("status",)
+    __slots__ = ("status", "metric")
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
     status: StatusProto
-    def __init__(self, status: _Optional[_Union[StatusProto, _Mapping]] = ...) -> None: ...
+    metric: _containers.RepeatedCompositeFieldContainer[Metric]
+    def __init__(self, status: _Optional[_Union[StatusProto, _Mapping]] = ..., metric: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ...) -> None: ...
+
+class Metric(_message.Message):
+    __slots__ = ("name", "int64_value_increase")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INT64_VALUE_INCREASE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    int64_value_increase: int
+    def __init__(self, name: _Optional[str] = ..., int64_value_increase: _Optional[int] = ...) -> None: ...

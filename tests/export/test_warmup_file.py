@@ -30,6 +30,7 @@ def test_published_digits_carries_real_warmup_requests(digits_model_dir: Path) -
     assert {(r.model_spec.name, r.model_spec.signature_name) for r in requests} == {
         ("digits", "serving_default"),
         ("digits", "explain"),
+        ("digits", "activations"),
     }
     rows = sorted(
         codec.to_numpy(r.inputs["image"]).shape[0]
@@ -41,4 +42,4 @@ def test_published_digits_carries_real_warmup_requests(digits_model_dir: Path) -
     assert image.dtype == np.float32 and image.shape[1:] == (28, 28, 1) and image.max() > 0  # a real digit
     # This server replays it through the engine path.
     result = replay(load_backend("onnx", version, BackendOptions()), version)
-    assert result is not None and result.records == len(records) == 4
+    assert result is not None and result.records == len(records) == 6  # 1 and 4 rows per signature

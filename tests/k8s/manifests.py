@@ -29,6 +29,7 @@ TARGETS: dict[str, str] = {
     "tfserving": "overlays/tfserving",
     "secure": "overlays/secure",
     "jobs": "jobs",
+    "jobs-multi-worker": "overlays/jobs-multi-worker",  # train-digits on two workers
     "export": "jobs/export",
     "loadtest": "loadtest",
 }

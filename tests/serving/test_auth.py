@@ -239,3 +239,13 @@ def test_rest_over_tls_from_the_same_ssl_config(tmp_path: Path, mutual: bool) ->
                 assert rest.predict("tiny", {"image": np.zeros((1, 28, 28, 1), np.float32)})["probabilities"].shape == (1, 10)
     finally:
         assert process.stop() == 0, process.log()
+
+
+def test_the_console_page_needs_no_token_but_its_model_list_does(server: ServerProcess) -> None:
+    # The page and its script hold no data; the browser sends the token a person types with every
+    # API call, the model list included.
+    assert _rest(server, "/", None)[0] == 200
+    assert _rest(server, "/console/console.js", None)[0] == 200
+    assert _rest(server, "/console/api/models", None)[0] == 401
+    assert _rest(server, "/console/api/models", TOKENS[1])[0] == 200
+    assert _rest(server, "/console/other.js", None)[0] == 401  # not one of the page's files: guarded

@@ -271,3 +271,28 @@ async def test_variable_length_inputs_are_padded_with_their_first_element() -> N
     assert seen == [(2, 4)]  # one batch
     np.testing.assert_array_equal(got_short["y"], [[7, 1, 7, 7]])  # padded as TF Serving pads
     np.testing.assert_array_equal(got_long["y"], long)
+
+
+async def test_tasks_are_reported_as_submitted_and_as_each_batch_takes_them() -> None:
+    """TF Serving's input_batch_size is read from a request as it is submitted (the whole request,
+    refused or not), its queuing_latency from each task (a split request's every piece) as a batch
+    takes it: the batcher reports both moments."""
+    submitted: list[int] = []
+    dequeued: list[tuple[int, float]] = []
+    batcher = Batcher(
+        Recorder(),
+        splitting(batch_timeout_micros=30_000, max_enqueued_batches=3),
+        on_submit=lambda tensors: submitted.append(len(tensors["x"])),
+        on_dequeue=lambda rows, seconds: dequeued.append((rows, seconds)),
+    )
+    small = np.zeros((1, 1), np.float32)
+    big = np.zeros((9, 1), np.float32)
+    await asyncio.gather(batcher.submit({"x": small}), batcher.submit({"x": big}))
+    assert submitted == [1, 9]
+    # The 1-row request and the first 3-row piece fill one batch of 4, then pieces of 4 and 2: the
+    # first two batches are cut at once (enough rows queued), the last 2 rows wait for the timeout.
+    assert sorted(rows for rows, _ in dequeued) == [1, 2, 3, 4]
+    assert max(seconds for _, seconds in dequeued) >= 0.03
+    with pytest.raises(ResourceExhausted):
+        await batcher.submit({"x": np.zeros((13, 1), np.float32)})  # over 3 x 4 queued rows
+    assert submitted == [1, 9, 13] and len(dequeued) == 4

@@ -108,16 +108,16 @@ def _read_response(sock: socket.socket) -> bytes:
 
 
 def test_slowloris_headers_and_idle_connections_are_cut(server: ServerProcess) -> None:
+    started = time.monotonic()  # before connecting: the server's idle timer starts at the connection
     slow = _connect(server)
     idle = _connect(server)
-    started = time.monotonic()
     slow.sendall(b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\n")  # headers never finish
     for _ in range(3):  # a byte now and then does not keep it open
         slow.sendall(b"X")
         _healthy(server)  # normal requests meanwhile
     assert _read_response(slow) == b""  # closed by the server, no answer
     assert _read_response(idle) == b""
-    assert IDLE_SECONDS * 0.9 <= time.monotonic() - started < IDLE_SECONDS + 5
+    assert IDLE_SECONDS * 0.95 <= time.monotonic() - started < IDLE_SECONDS + 10  # +10: a loaded machine
     slow.close()
     idle.close()
     _healthy(server)

@@ -191,6 +191,13 @@ def test_a_server_writes_tf_servings_names_labels_and_health(tmp_path: Path) -> 
             stub = apis_pb2_grpc.PredictionServiceStub(channel)
             stub.Predict(_predict(1), timeout=10)
             stub.Predict(_predict(3), timeout=10)
+            classify = apis_pb2.ClassificationRequest()
+            classify.model_spec.name = "tiny"
+            for _ in range(2):
+                classify.input.example_list.examples.add().features.feature["image"].float_list.value.extend(
+                    [0.0] * 784
+                )
+            stub.Classify(classify, timeout=10)
             with pytest.raises(grpc.RpcError):
                 stub.Predict(_predict(1, "ghost"), timeout=10)
             metadata = apis_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
@@ -219,8 +226,8 @@ def test_a_server_writes_tf_servings_names_labels_and_health(tmp_path: Path) -> 
             assert names == labels, (name, label_text)
 
     counts = dict(series[":tensorflow:serving:request_count"])
-    # OK: 2 gRPC Predict, a REST predict and the REST status call; never the metadata call.
-    assert counts['model_name="tiny",status="OK"'] == 4, counts
+    # OK: 2 gRPC Predict, a Classify, a REST predict and the REST status call; never the metadata call.
+    assert counts['model_name="tiny",status="OK"'] == 5, counts
     assert counts['model_name="tiny",status="INVALID_ARGUMENT"'] == 1
     assert counts['model_name="<unknown>",status="NOT_FOUND"'] == 1
     latency = dict(series[":tensorflow:serving:request_latency_count"])
@@ -234,8 +241,22 @@ def test_a_server_writes_tf_servings_names_labels_and_health(tmp_path: Path) -> 
         if 'API="Predict"' in label_text
     ]
     assert buckets == LATENCY_LIMITS
+    # One runtime sample per successful request, labelled with its API (warm-up runs are no requests).
     runtime = dict(series[":tensorflow:serving:runtime_latency_count"])
-    assert runtime['model_name="tiny",API="Predict",runtime="onnxruntime"'] >= 2
+    assert runtime == {
+        'model_name="tiny",API="Predict",runtime="onnxruntime"': 3,
+        'model_name="tiny",API="Classify",runtime="onnxruntime"': 1,
+    }
+    # Every request that entered the batch queue (rows 1, 3, 2 and 1; the refused one never did).
+    assert dict(series[":tensorflow:serving:batching_session:input_batch_size_count"]) == {"": 4}
+    assert dict(series[":tensorflow:serving:batching_session:input_batch_size_sum"]) == {"": 7}
+    queuing = [
+        (re.search(r'le="([^"]+)"', label_text)[1], value)  # type: ignore[index]
+        for label_text, value in series[":tensorflow:serving:batching_session:queuing_latency_bucket"]
+    ]
+    queued = dict(series[":tensorflow:serving:batching_session:queuing_latency_count"])
+    assert queued == {'thread_pool_name=""': 4}
+    assert len(queuing) == 53 and queuing[0][0] == "100" and queuing[-1] == ("+Inf", 4)
     # Batches of 1 and 3 rows padded to the allowed size 4: TF Serving's batching-session figures.
     assert dict(series[":tensorflow:serving:batching_session:wrapped_run_count"])[""] >= 2
     padding = [labels for labels, _ in series[":tensorflow:serving:batching_session:padding_size_count"]]

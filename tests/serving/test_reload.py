@@ -2,8 +2,8 @@
 
 Real server processes over loopback. Over gRPC: a reload adds a model (served over gRPC and REST),
 removes one (NOT_FOUND / 404 while the others keep serving, its metric series gone), changes a
-version policy, answers bad configs with TF Serving's codes and messages, and lets the requests in
-flight on a removed model finish. With --model_config_file_poll_wait_seconds: a rewritten file is
+version policy, answers bad configs with TF Serving's codes and messages, reports the growth of the
+metrics named in `metric_names`, and lets the requests in flight on a removed model finish. With --model_config_file_poll_wait_seconds: a rewritten file is
 applied, a broken one keeps the models served. No step waits on time: each polls the server's own
 status (GetModelStatus, REST, metrics) with a deadline.
 """
@@ -32,8 +32,9 @@ from serving.config import ModelConfig
 from serving.errors import FailedPrecondition
 from serving.metrics import Metrics
 from serving.proto import apis_pb2, apis_pb2_grpc, config_pb2
-from serving.reload import ConfigReloader
+from serving.reload import ConfigReloader, tf_metric_values
 from serving.repository import Repository, State
+from serving.warmup import predict_log
 from tests.serving.fixtures import (
     ServerProcess,
     reference_probabilities,
@@ -41,7 +42,9 @@ from tests.serving.fixtures import (
     write_config,
     write_tiny_version,
 )
+from tests.serving.test_examples_onnx import CLASSIFY, REGRESS, write_line_version
 from tests.serving.test_repository import FakeBackend
+from tests.serving.test_warmup import example_log, write_warmup
 
 IMAGES = np.random.default_rng(7).uniform(0, 255, size=(2, 28, 28, 1)).astype(np.float32)
 AVAILABLE = apis_pb2.ModelVersionStatus.AVAILABLE
@@ -286,6 +289,74 @@ def test_reload_errors_answer_as_tf_serving(server: ServerProcess, models: Path)
     assert _health(target) == health_pb2.HealthCheckResponse.SERVING
     assert _reload(target, alpha)[0] == grpc.StatusCode.OK
     assert _status_or_none(target, "broken") is None
+
+
+@pytest.mark.slow
+def test_reload_reports_how_much_the_named_metrics_grew(server: ServerProcess, models: Path, tmp_path: Path) -> None:
+    """ReloadConfigRequest.metric_names, as TF Serving answers it: one `metric` per distinct name, the
+    growth of the metric's first cell (label order) during the reload; 0 for a histogram and for a
+    name the server does not have. Here: the new model's warm-up file, replayed before the reload
+    answers (a Predict, a Classify, a Regress and a MultiInference record)."""
+    write_line_version(tmp_path / "line", 1)
+    version = tmp_path / "line" / "1"
+    records = [
+        predict_log({"x": np.array([[1.0]], np.float32)}).SerializeToString(),
+        example_log("classify_log", [1.0], (("classify_x", ""),)),
+        example_log("regress_log", [2.0, 3.0]),
+        example_log("multi_inference_log", [4.0], (("serving_default", REGRESS), ("classify_x", CLASSIFY))),
+    ]
+    write_warmup(version, records)  # and list it in the version's manifest
+    request = apis_pb2.ReloadConfigRequest()
+    request.config.model_config_list.config.extend([_entry("alpha", models / "alpha"), _entry("line", tmp_path / "line")])
+    names = [
+        "/tensorflow/serving/model_warmup_records_read",
+        "/tensorflow/serving/request_count",
+        "/tensorflow/serving/request_latency",
+        "/no/such/metric",
+        "/tensorflow/serving/model_warmup_records_read",
+    ]
+    request.metric_names.extend(names)
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        response = apis_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(request, timeout=60)
+    assert response.status.error_code == 0
+    assert [(m.name, m.WhichOneof("value_increase"), m.int64_value_increase) for m in response.metric] == [
+        ("/tensorflow/serving/model_warmup_records_read", "int64_value_increase", 4),
+        ("/tensorflow/serving/request_count", "int64_value_increase", 0),
+        ("/tensorflow/serving/request_latency", "int64_value_increase", 0),
+        ("/no/such/metric", "int64_value_increase", 0),
+    ]
+    assert _states(server.grpc_target, "line") == {1: AVAILABLE}
+    assert f':tensorflow:serving:model_warmup_records_read{{model_path="{version}",status="OK"}} 4' in _metrics(server)
+    assert _reload(server.grpc_target, _entry("alpha", models / "alpha"))[0] == grpc.StatusCode.OK
+
+
+def test_metric_values_are_read_as_tf_serving_reads_them() -> None:
+    """TF Serving reads the int64 value of a metric's first cell, cells in label-value order."""
+    metrics = Metrics(["alpha", "beta"], batching=True)
+    metrics.observe_warmup("/models/b/1", "OK", 0.1, 5)
+    metrics.observe_warmup("/models/a/1", "OK", 0.1, 2)
+    for _ in range(3):
+        metrics.observe_request("beta", "predict", "GRPC", "OK", 0.001)
+    metrics.observe_request("alpha", "predict", "REST", "OK", 0.001)
+    metrics.observe_request("alpha", "predict", "GRPC", "OK", 0.001)
+    metrics.observe_request("alpha", "metadata", "GRPC", "OK", 0.001)  # not in TF's request_count
+    metrics.observe_examples("beta", 4)
+    names = [
+        "/tensorflow/serving/model_warmup_records_read",
+        "/tensorflow/serving/request_count",
+        "/tensorflow/serving/request_example_count_total",
+        "/tensorflow/serving/batching_session/wrapped_run_count",
+        "/tensorflow/serving/runtime_latency",
+        ":tensorflow:serving:request_count",  # the Prometheus spelling is no TF metric name
+    ]
+    assert tf_metric_values(metrics, names) == {
+        "/tensorflow/serving/model_warmup_records_read": 2,  # model_path "/models/a/1" sorts first
+        "/tensorflow/serving/request_count": 2,  # alpha, OK: the two predict calls
+        "/tensorflow/serving/request_example_count_total": 4,
+        "/tensorflow/serving/batching_session/wrapped_run_count": 0,
+        "/tensorflow/serving/runtime_latency": 0,  # a histogram's cells hold no int64 value
+        ":tensorflow:serving:request_count": 0,
+    }
 
 
 @pytest.mark.slow

@@ -1,9 +1,10 @@
 """Warm-up: TFRecord framing, TF Serving's PredictionLog, the replay at load, the synthetic warm-up.
 
 A real server replays a version's `assets.extra/tf_serving_warmup_requests` before it serves (seen
-in TF Serving's warm-up metrics: one replay, as many records as the file holds); a damaged file, a
-request the model refuses, or a kind TF Serving cannot replay either fails that version's load with
-TF Serving's status and wording, and the other models serve. Without a file every signature is
+in TF Serving's warm-up metrics: one replay, as many records as the file holds); Predict, Classify,
+Regress and MultiInference records all run (the last three with the data plane's own checks); a
+damaged file, a request the model refuses, or a kind TF Serving cannot replay either fails that
+version's load with TF Serving's status and wording, and the other models serve. Without a file every signature is
 warmed, string inputs included (text, image bytes).
 """
 
@@ -19,13 +20,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.backends import BackendOptions, load_backend
+from serving.backends import Backend, BackendOptions, load_backend
+from serving.dataplane import TaskSpec, run_tasks_now
 from serving.manifest import read_manifest, sha256_file, write_manifest
 from serving.proto import prediction_log_pb2
 from serving.repository import warm_up
 from serving.warmup import (
     MAX_RECORDS,
     WARMUP_FILE,
+    LoadingVersion,
     WarmupError,
     WarmupSettings,
     _crc32c_table,
@@ -38,6 +41,7 @@ from serving.warmup import (
 )
 from tests.clients.tiny_models import write_tiny_catdog, write_tiny_sentiment
 from tests.serving.fixtures import start_server, write_config, write_tiny_version
+from tests.serving.test_examples_onnx import CLASSIFY, REGRESS, write_line_version
 
 # PredictionLogs serialized with TF Serving's own protos (tensorflow_serving.apis.prediction_log_pb2,
 # tensorflow-serving-api 2.21): the field numbers here must read them as TF Serving wrote them.
@@ -88,7 +92,7 @@ def test_prediction_log_reads_tf_servings_bytes(kind: str) -> None:
         assert record.SerializeToString().hex() == OFFICIAL_RECORDS[kind]
 
 
-def _write_warmup(version_dir: Path, records: list[bytes] | bytes) -> None:
+def write_warmup(version_dir: Path, records: list[bytes] | bytes) -> None:
     """Write a warm-up file into a published version and list it in its manifest."""
     path = version_dir / WARMUP_FILE
     if isinstance(records, bytes):
@@ -116,7 +120,7 @@ def test_replay_runs_every_record_and_refuses_what_tf_serving_refuses(tmp_path: 
         predict_log(_images(3), model="tiny"),
         prediction_log_pb2.PredictionLog(),
     ]
-    _write_warmup(version, [log.SerializeToString() for log in logs])
+    write_warmup(version, [log.SerializeToString() for log in logs])
     result = replay(backend, version, settings)
     assert result is not None and result.records == 3
     assert [(path, status, records) for path, status, _, records in seen] == [(str(version), "OK", 3)]
@@ -136,14 +140,122 @@ def test_replay_runs_every_record_and_refuses_what_tf_serving_refuses(tmp_path: 
             data = predict_log(_images(1), signature="nope").SerializeToString()
         else:
             data = b"\xff\xff\xff"
-        _write_warmup(version, [data])
+        write_warmup(version, [data])
         with pytest.raises(WarmupError) as caught:
             replay(backend, version)
         assert str(caught.value).startswith(message), (case, caught.value)
 
-    _write_warmup(version, [predict_log(_images(1)).SerializeToString()] * (MAX_RECORDS + 1))
+    write_warmup(version, [predict_log(_images(1)).SerializeToString()] * (MAX_RECORDS + 1))
     with pytest.raises(WarmupError, match=r"Number of warmup records exceeds the maximum \(1000\)"):
         replay(backend, version)
+
+
+def example_log(kind: str, xs: list[float], tasks: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """A Classify, Regress or MultiInference PredictionLog on `line`'s feature `x`; `tasks` are
+    MultiInference's (signature, method)."""
+    record = prediction_log_pb2.PredictionLog()
+    request = getattr(record, kind).request
+    for x in xs:
+        request.input.example_list.examples.add().features.feature["x"].float_list.value.append(x)
+    if kind == "multi_inference_log":
+        for signature, method in tasks:
+            task = request.tasks.add(method_name=method)
+            task.model_spec.name = "line"
+            task.model_spec.signature_name = signature
+    else:
+        request.model_spec.name = "line"
+        request.model_spec.signature_name = tasks[0][0] if tasks else ""
+    return record.SerializeToString()
+
+
+def _engine_calls(backend: Backend) -> list[tuple[str, tuple[int, ...]]]:
+    """Record (signature, shape of x) of every engine call the backend makes from now on."""
+    calls: list[tuple[str, tuple[int, ...]]] = []
+    run = backend.run
+
+    def recorded(signature: str, inputs: dict[str, np.ndarray], *args: object, **kwargs: object) -> dict[str, np.ndarray]:
+        calls.append((signature, tuple(inputs["x"].shape)))
+        return run(signature, inputs, *args, **kwargs)  # type: ignore[arg-type]
+
+    backend.run = recorded  # type: ignore[method-assign]
+    return calls
+
+
+def test_classify_regress_and_multi_inference_logs_are_replayed_as_requests(tmp_path: Path) -> None:
+    """TF Serving replays these kinds too (RunClassify, RunRegress, RunMultiInference): here through
+    the data plane's own planning, inputs and output checks, so what a request would be refused
+    for fails the load with the request's error."""
+    write_line_version(tmp_path / "line", 7)
+    version = tmp_path / "line" / "7"
+    backend = load_backend("onnx", version, BackendOptions())
+    answers = run_tasks_now(
+        LoadingVersion("line", 7, backend),
+        [TaskSpec("line", "", REGRESS), TaskSpec("line", "classify_x", CLASSIFY)],
+        [{"x": np.array([2.0], np.float32)}, {"x": np.array([-1.0], np.float32)}],
+        multi=True,
+    )
+    assert answers[0].values == [3.0, 1.5]
+    assert answers[1].classes is not None and [label for label, _ in answers[1].classes[0]] == ["high", "low"]
+
+    calls = _engine_calls(backend)
+    write_warmup(
+        version,
+        [
+            example_log("regress_log", [2.0, 3.0]),
+            example_log("classify_log", [1.0], (("classify_x", ""),)),
+            example_log("multi_inference_log", [4.0, 5.0, 6.0], (("serving_default", REGRESS), ("classify_x", CLASSIFY))),
+        ],
+    )
+    result = replay(backend, version, WarmupSettings(iterations=2))
+    assert result is not None and result.records == 3
+    assert result.replayed == {"regress_log": 1, "classify_log": 1, "multi_inference_log": 1}
+    assert calls == 2 * [("serving_default", (2, 1))] + 2 * [("classify_x", (1, 1))] + 2 * [
+        ("serving_default", (3, 1)),
+        ("classify_x", (3, 1)),
+    ]
+
+    refused = {
+        # The request path's words (dataplane.py / TF Serving's regressor.cc, multi_inference.cc).
+        "Input is empty.": (
+            "INVALID_ARGUMENT: Input is empty. (warm-up record 0",
+            example_log("regress_log", []),
+        ),
+        "no probabilities to classify": (
+            "FAILED_PRECONDITION: signature 'serving_default' of model 'line' has no labelled 'probabilities'",
+            example_log("classify_log", [1.0]),
+        ),
+        "not one value per example": (
+            "INVALID_ARGUMENT: Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got [?,2]",
+            example_log("regress_log", [1.0], (("classify_x", ""),)),
+        ),
+        "unknown method": (
+            "UNIMPLEMENTED: Unsupported signature method_name: bogus",
+            example_log("multi_inference_log", [1.0], (("serving_default", "bogus"),)),
+        ),
+        "two values for x": (
+            "INVALID_ARGUMENT: feature 'x' must hold 1 values per example (shape [N, 1])",
+            _two_values_for_x(),
+        ),
+        "TF Serving's own bytes, no input": (
+            "INVALID_ARGUMENT: Input is empty.",
+            bytes.fromhex(OFFICIAL_RECORDS["regress_log"]),
+        ),
+        "TF Serving's own bytes, a task without a method": (
+            "UNIMPLEMENTED: Unsupported signature method_name: ",
+            bytes.fromhex(OFFICIAL_RECORDS["multi_inference_log"]),
+        ),
+    }
+    for case, (message, data) in refused.items():
+        write_warmup(version, [data])
+        with pytest.raises(WarmupError) as caught:
+            replay(backend, version)
+        assert str(caught.value).startswith(message), (case, caught.value)
+
+
+def _two_values_for_x() -> bytes:
+    record = prediction_log_pb2.PredictionLog.FromString(example_log("classify_log", [1.0], (("classify_x", ""),)))
+    record.classify_log.request.input.example_list.examples[0].features.feature["x"].float_list.value.append(2.0)
+    return record.SerializeToString()
 
 
 def test_without_a_file_string_signatures_are_warmed_too(tmp_path: Path) -> None:
@@ -165,12 +277,12 @@ def _status(rest_url: str, model: str) -> dict:
 
 def test_a_server_replays_the_file_at_load_and_a_bad_file_fails_the_version(tmp_path: Path) -> None:
     good = write_tiny_version(tmp_path / "good", 1)
-    _write_warmup(good, [predict_log(_images(rows)).SerializeToString() for rows in (1, 2, 4)])
+    write_warmup(good, [predict_log(_images(rows)).SerializeToString() for rows in (1, 2, 4)])
     corrupt = write_tiny_version(tmp_path / "corrupt", 1)
     write_records(tmp_path / "records", [predict_log(_images(1)).SerializeToString()])
     damaged = bytearray((tmp_path / "records").read_bytes())
     damaged[20] ^= 0xFF  # a byte of the record's data: its CRC no longer matches
-    _write_warmup(corrupt, bytes(damaged))
+    write_warmup(corrupt, bytes(damaged))
     config = write_config(
         tmp_path / "models.config", {"good": tmp_path / "good", "corrupt": tmp_path / "corrupt"}
     )

@@ -13,6 +13,7 @@ import asyncio
 import functools
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -22,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from serving import codec
+from serving.accesslog import CURRENT, HTTP_STATUS, Telemetry, peer_address
 from serving.admission import Admission
 from serving.auth import TokenFile
 from serving.config import ServerConfig
@@ -54,6 +56,13 @@ class _Servicer:
     metrics: Metrics
     admission: Admission
     tokens: dict[str, TokenFile]  # api -> the tokens it requires (none: no auth, or exempt)
+    # Set by `_register`: the service's full name, and the access log / tracing (None: both off).
+    service: str = ""
+    telemetry: Telemetry | None = None
+
+
+# The telemetry of each server being built (see `create_server`), given to the servicers it registers.
+_TELEMETRY: weakref.WeakKeyDictionary[grpc.aio.Server, Telemetry] = weakref.WeakKeyDictionary()
 
 
 # The pushback a refused caller is told to wait before retrying (trailing metadata from the gRPC
@@ -62,6 +71,15 @@ RETRY_PUSHBACK = (("grpc-retry-pushback-ms", "1000"),)
 DEADLINE_MARGIN_SECONDS = 0.002
 DEADLINE_CANCEL_SLACK_SECONDS = 0.05
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def _trace_headers(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    """The W3C trace context the caller sent in its metadata (traceparent, tracestate)."""
+    return {
+        key: value if isinstance(value, str) else value.decode("latin-1")
+        for key, value in context.invocation_metadata() or ()
+        if key in ("traceparent", "tracestate")
+    }
 
 
 def _authorization(context: grpc.aio.ServicerContext) -> str | None:
@@ -95,6 +113,20 @@ def rpc(
             model = ""
             status = "OK"
             admitted = False
+            telemetry, record, token = self.telemetry, None, None
+            if telemetry is not None:  # the access log or tracing is on: this request's record
+                v2 = self.service.startswith("inference.")  # the Open Inference Protocol's package
+                record = telemetry.begin(
+                    protocol="v2" if v2 else "grpc",
+                    transport="grpc",
+                    api=api.removeprefix("v2_") if v2 else api,  # as the REST middleware names it
+                    request=f"/{self.service}/{name}",
+                    route=f"{self.service}/{name}",
+                    peer=peer_address(context.peer() or ""),
+                    request_bytes=len(raw),
+                    headers=_trace_headers(context) if telemetry.tracing is not None else None,
+                )
+                token = CURRENT.set(record)
             try:
                 self.admission.enter()
                 admitted = True
@@ -110,7 +142,9 @@ def rpc(
                 spec = getattr(request, "model_spec", None)  # ReloadConfigRequest has none
                 if spec is None and getattr(request, "tasks", None):  # MultiInference: the first task's
                     spec = request.tasks[0].model_spec
-                model = spec.name if spec is not None else ""
+                model = spec.name if spec is not None else getattr(request, "model_name", "")
+                if record is not None:
+                    record.model = model
                 remaining = context.time_remaining()
                 if remaining is None:
                     return await method(self, request, context)
@@ -148,6 +182,11 @@ def rpc(
                 self.metrics.observe_request(model, api, "GRPC", status, time.perf_counter() - started)
                 if admitted:
                     self.admission.exit()
+                if record is not None:
+                    assert telemetry is not None and token is not None
+                    CURRENT.reset(token)
+                    record.status, record.http_status = status, HTTP_STATUS.get(status, 500)
+                    telemetry.end(record)
             raise AssertionError("unreachable: context.abort raises")
 
         return guarded
@@ -192,6 +231,8 @@ class HealthServicer(health.aio.HealthServicer):
 
 def _register(server: grpc.aio.Server, service: str, servicer: object, responses: dict[str, type[Message]]) -> None:
     """Add `servicer`'s methods as `service` with raw request bytes (parsed by `rpc`)."""
+    servicer.service = service  # type: ignore[attr-defined]  # read by `rpc` (a `_Servicer`)
+    servicer.telemetry = _TELEMETRY.get(server)  # type: ignore[attr-defined]
     handlers = {
         method: grpc.unary_unary_rpc_method_handler(
             getattr(servicer, method), request_deserializer=None, response_serializer=response.SerializeToString
@@ -362,12 +403,18 @@ class ModelService(apis_pb2_grpc.ModelServiceServicer, _Servicer):
     ) -> apis_pb2.ReloadConfigResponse:
         """Serve exactly the request's model_config_list (see `serving.reload`); answers once the
         added models are AVAILABLE, or with the error (the status is in the response too, as TF
-        Serving sets it, but a client sees it as the call's status)."""
+        Serving sets it, but a client sees it as the call's status).
+
+        `metric_names`: as TF Serving, each named TF metric's growth during the reload, one `metric`
+        entry per distinct name (see `serving.reload.tf_metric_values` for what is read)."""
         if self.reloader is None:
             raise Unimplemented("HandleReloadConfigRequest is not offered by this server")
+        before = self.reloader.metric_values(request.metric_names)
         await self.reloader.handle_request(request.config)
         response = apis_pb2.ReloadConfigResponse()
         response.status.SetInParent()  # OK
+        for name, value in self.reloader.metric_values(request.metric_names).items():
+            response.metric.add(name=name, int64_value_increase=value - before[name])
         return response
 
 
@@ -384,10 +431,13 @@ _MODEL_RESPONSES: dict[str, type[Message]] = {
 }
 
 
-def create_server(services: Services, config: ServerConfig) -> tuple[grpc.aio.Server, int]:
+def create_server(
+    services: Services, config: ServerConfig, telemetry: Telemetry | None = None
+) -> tuple[grpc.aio.Server, int]:
     """Build (not start) the gRPC server on `config.host:config.port`; returns it and the bound port.
 
     Serves TF Serving's two services, `services.health` (grpc.health.v1) and server reflection.
+    `telemetry` (the access log, tracing) sees every call of every servicer `_register` adds.
     """
     address = f"{config.host}:{config.port}"
     limits = config.limits
@@ -407,11 +457,16 @@ def create_server(services: Services, config: ServerConfig) -> tuple[grpc.aio.Se
     # Beyond maximum_concurrent_rpcs, gRPC answers RESOURCE_EXHAUSTED before any handler runs: the
     # bound on what calls in flight (including those whose client never reads) can hold.
     server = grpc.aio.server(options=options, maximum_concurrent_rpcs=limits.grpc_max_concurrent_rpcs)
+    if telemetry is not None:
+        _TELEMETRY[server] = telemetry
     tensor_content = config.enable_serialization_as_tensor_content  # TF Serving's default: off
     _register(server, PREDICTION_SERVICE, PredictionService(services, tensor_content), _PREDICTION_RESPONSES)
     _register(server, MODEL_SERVICE, ModelService(services), _MODEL_RESPONSES)
+    from serving.protocol.v2 import grpc as v2_grpc  # here: it builds on this module's `rpc` and `_register`
+
+    v2_grpc.register(server, services)  # the Open Inference Protocol (inference.GRPCInferenceService)
     health_pb2_grpc.add_HealthServicer_to_server(services.health, server)
-    reflection.enable_server_reflection(SERVICE_NAMES, server)
+    reflection.enable_server_reflection((*SERVICE_NAMES, v2_grpc.SERVICE_NAME), server)
     tls = config.tls
     if tls is None:
         port = server.add_insecure_port(address)

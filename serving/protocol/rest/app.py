@@ -42,10 +42,12 @@ import numpy as np
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Middleware
 from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import json_format
 
 from serving import codec
+from serving.accesslog import CURRENT, RequestRecord, Telemetry, status_name
 from serving.backends import Signature
 from serving.config import DEFAULT_MAX_MESSAGE_BYTES, Limits, MonitoringConfig
 from serving.errors import (
@@ -62,6 +64,8 @@ from serving.errors import (
     Unavailable,
 )
 from serving.protocol import Services, messages
+from serving.protocol.rest import console
+from serving.protocol.v2.rest import V2RestApi
 from serving.repository import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -123,6 +127,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ServingError as exc:
+        if (record := CURRENT.get()) is not None:  # its code name, which the HTTP status may not tell
+            record.status = exc.grpc_code.name
         response = _error(exc.http_status, exc.message, _error_headers(exc))
         if request.get("close_connection"):
             response.force_close()
@@ -134,6 +140,100 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("internal error in %s %s", request.method, request.path)
         return _error(500, "internal server error; see the server log")
+
+
+def telemetry_middleware(telemetry: Telemetry) -> Middleware:
+    """The outermost middleware when the access log or tracing is on: one record (and span) per
+    request, whatever the route (TF Serving's API, V2, metrics), ended with the answer's status."""
+
+    @web.middleware
+    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+        protocol, api, model, route = _describe_route(request)
+        peername = request.transport.get_extra_info("peername") if request.transport is not None else None
+        record = telemetry.begin(
+            protocol=protocol,
+            transport="http",
+            api=api,
+            request=f"{request.method} {request.path[:512]}",
+            route=f"{request.method} {route}",
+            peer=_peer(peername),
+            request_bytes=request.content_length or 0,
+            model=model,
+            headers=request.headers if telemetry.tracing is not None else None,
+        )
+        token = CURRENT.set(record)
+        try:
+            response = await handler(request)
+            _ended(record, request, response.status)
+            return response
+        except web.HTTPException as exc:  # what error_middleware passes on (redirects)
+            _ended(record, request, exc.status)
+            raise
+        except BaseException:  # the client went away (cancelled): nobody reads the answer
+            _ended(record, request, 499)
+            record.status = "CANCELLED"
+            raise
+        finally:
+            CURRENT.reset(token)
+            telemetry.end(record)
+
+    return observe
+
+
+def _ended(record: RequestRecord, request: web.Request, http_status: int) -> None:
+    record.http_status = http_status
+    if http_status >= 400 and record.status == "OK":  # no ServingError named the code (see error_middleware)
+        record.status = status_name(http_status)
+    record.request_bytes = max(record.request_bytes, request.get("reserved_bytes", 0))
+
+
+def _peer(peername: Any) -> str:
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        host, port = peername[0], peername[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(peername or "")
+
+
+# Path words kept as they are in span names; other segments become "*" (a name per client-chosen
+# path would make one span name per typo), and the segment after "models"/"versions"/"labels" a
+# placeholder.
+_ROUTE_WORDS = frozenset(
+    {"v1", "v2", "models", "versions", "labels", "metadata", "infer", "ready", "health", "live", "repository"}
+    | {"index", "load", "unload"}
+)
+_PLACEHOLDERS = {"models": "{model}", "versions": "{version}", "labels": "{label}"}
+_VERBS = frozenset(("predict", "classify", "regress"))
+
+
+def _describe_route(request: web.Request) -> tuple[str, str, str, str]:
+    """(protocol, api, model, route template) of a request, from its path and the route it matched.
+
+    The catch-all routes (TF Serving's `/v1/models/...`, V2's `/v2/...`) are templated from the path
+    (`/v1/models/{model}/versions/{version}:predict`, `/v2/models/{model}/infer`); any other route
+    (metrics, OpenAPI) is named by its aiohttp pattern and its handler.
+    """
+    path = request.path
+    protocol = "v2" if path == "/v2" or path.startswith("/v2/") else "rest"
+    resource = request.match_info.route.resource
+    if resource is None:  # no route matched: aiohttp answers 404 / 405
+        return protocol, "unknown", "", "unmatched"
+    if "{tail}" not in resource.canonical:
+        handler = getattr(request.match_info.handler, "__name__", "") or "unknown"
+        return protocol, handler, "", resource.canonical
+    template, model, api, previous = [], "", "", ""
+    for segment in path.split("/")[1:12]:
+        if previous in _PLACEHOLDERS and segment:
+            name, colon, verb = segment.partition(":")
+            model = name if previous == "models" else model
+            template.append(_PLACEHOLDERS[previous] + (f":{verb}" if verb in _VERBS else ":*" if colon else ""))
+            api = verb if verb in _VERBS else ("status" if protocol == "rest" else "metadata")
+        else:
+            template.append(segment if segment in _ROUTE_WORDS or not segment else "*")
+            api = segment if segment in _ROUTE_WORDS else "unknown"
+        previous = segment
+    if api == "ready" and model:
+        api = "model_ready"
+    return protocol, api, model, "/" + "/".join(template)
 
 
 def _message_json(message: Any) -> dict[str, Any]:
@@ -153,8 +253,14 @@ def _metadata_json(version: ModelVersion, signatures: Mapping[str, Signature]) -
 
 class RestApi:
     def __init__(
-        self, services: Services, monitoring: MonitoringConfig, limits: Limits | None = None, parse_threads: int = 1
+        self,
+        services: Services,
+        monitoring: MonitoringConfig,
+        limits: Limits | None = None,
+        parse_threads: int = 1,
+        telemetry: Telemetry | None = None,
     ) -> None:
+        self.telemetry = telemetry  # the access log and tracing (None: both off, no middleware at all)
         self.dataplane = services.dataplane
         self.repository = services.repository
         self.metrics = services.metrics
@@ -168,6 +274,8 @@ class RestApi:
         self.inflight_bytes = 0  # request bodies being read or parsed now
         # --rest_api_num_threads: one by default, so the loop waits for at most one parse call.
         self._parse_thread = ThreadPoolExecutor(max(parse_threads, 1), thread_name_prefix="rest-parse")
+        # The Open Inference Protocol's /v2 routes, with this API's body reader and parse thread.
+        self.v2 = V2RestApi(services, self.limits, self._read_body, self._parse_thread)
 
     def app(self) -> web.Application:
         admission, metrics_path = self.admission, self.monitoring.path if self.monitoring.enable else None
@@ -177,6 +285,8 @@ class RestApi:
         async def admission_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
             """Token, then admission for draining (503 once shutdown began; scrapes pass), then the
             whole-request timeout; releases the request's share of the bytes-in-flight budget."""
+            if console.is_static(request.path):  # the console's page and script: no data, no token
+                return await handler(request)
             if request.path == metrics_path:
                 if self._metrics_tokens is not None:
                     self._metrics_tokens.check(request.headers.get("Authorization"))
@@ -196,9 +306,10 @@ class RestApi:
                 admission.exit()
                 self.inflight_bytes -= request.get("reserved_bytes", 0)
 
-        app = web.Application(
-            middlewares=[error_middleware, admission_middleware], client_max_size=self.max_body_bytes
-        )
+        middlewares: list[Middleware] = [error_middleware, admission_middleware]
+        if self.telemetry is not None:
+            middlewares.insert(0, telemetry_middleware(self.telemetry))
+        app = web.Application(middlewares=middlewares, client_max_size=self.max_body_bytes)
 
         async def stop_parse_thread(app: web.Application) -> None:
             self._parse_thread.shutdown(wait=False, cancel_futures=True)
@@ -206,6 +317,7 @@ class RestApi:
         app.on_cleanup.append(stop_parse_thread)
         app.router.add_route("*", "/v1/models/{tail:.*}", self.models)
         app.router.add_get("/v1/openapi.json", self.openapi)
+        self.v2.add_routes(app)
         if self.monitoring.enable:
             app.router.add_get(self.monitoring.path, self.prometheus)
         return app

@@ -1,0 +1,296 @@
+"""What the Open Inference Protocol's REST and gRPC sides share: datatypes, names, tensors, readiness.
+
+- Datatypes: V2's names (FP32, INT64, BYTES, ...) <-> numpy dtypes, both ways; strings (this
+  server's object arrays of `bytes`) are BYTES.
+- Names: a signature of a TF Serving model is a V2 model. The default signature (`serving_default`)
+  is the model `<m>` itself; another signature `<s>` is the model `<m>.<s>` (a served model whose own
+  name has a dot wins over that reading). A request may instead name the signature in its
+  `signature_name` parameter (REST `parameters`, gRPC `parameters[...].string_param`), TF Serving's
+  word for it; naming it both ways at once is refused.
+- Versions: V2 versions are strings. Digits are the version number; anything else is read as one of
+  the model's TF Serving version labels (`stable`, `canary`); empty means the version TF Serving's
+  policy serves (the newest AVAILABLE one).
+- Tensors: flat or nested JSON lists and typed gRPC contents (`decode_values`), and the raw
+  little-endian bytes of the binary extension and of `raw_input_contents` (`decode_raw`,
+  `encode_raw`; BYTES elements are each a 4-byte little-endian length and the bytes). Shapes are
+  checked against the byte limit before numpy sees them.
+
+Errors are `serving.errors` classes, so both sides map them as TF Serving's API does (unknown model
+404 / NOT_FOUND, malformed tensor 400 / INVALID_ARGUMENT, ...).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from grpc_health.v1 import health_pb2
+
+from serving import codec
+from serving.backends import Signature, TensorMeta
+from serving.dataplane import DataPlane
+from serving.errors import InvalidArgument, NotFound
+from serving.protocol import Services
+from serving.repository import ModelVersion, Repository
+
+DEFAULT_SIGNATURE = "serving_default"
+SIGNATURE_PARAMETER = "signature_name"
+SERVER_NAME = "model-serving"
+# What ServerMetadata lists: Triton's names for the two extensions served here.
+EXTENSIONS = ("binary_tensor_data", "model_repository")
+
+# V2 datatype -> numpy dtype (little-endian on the wire; FP16 has no typed gRPC field, so raw only).
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": codec.STRING,
+}
+_NAMES = {dtype: name for name, dtype in DATATYPES.items()}
+
+# Which JSON value kinds (numpy's kind of np.asarray(data)) each datatype family takes.
+_ACCEPTED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+
+
+def server_version() -> str:
+    try:
+        return importlib.metadata.version(SERVER_NAME)
+    except importlib.metadata.PackageNotFoundError:  # run from a tree that is not installed
+        return "0"
+
+
+def datatype_of(dtype: np.dtype) -> str:
+    """The V2 datatype of a numpy dtype (object arrays of bytes are BYTES)."""
+    try:
+        return _NAMES[np.dtype(dtype)]
+    except KeyError:
+        raise InvalidArgument(f"the Open Inference Protocol has no datatype for {dtype}") from None
+
+
+def dtype_of(datatype: Any, name: str) -> np.dtype:
+    try:
+        return DATATYPES[datatype]
+    except (KeyError, TypeError):
+        raise InvalidArgument(
+            f"input '{name}': unknown datatype {datatype!r}; the Open Inference Protocol's are {sorted(DATATYPES)}"
+        ) from None
+
+
+def platform_of(version: ModelVersion) -> str:
+    """The model's platform as Triton names it."""
+    backend = version.backend
+    return "tensorflow_savedmodel" if backend is not None and backend.platform == "tensorflow" else "onnxruntime_onnx"
+
+
+def tensor_metadata(tensors: Mapping[str, TensorMeta]) -> list[tuple[str, str, list[int]]]:
+    """(name, datatype, shape) per tensor; -1 marks a dimension of any size (and an unknown rank is [-1])."""
+    described = []
+    for key, meta in tensors.items():
+        shape = [-1] if getattr(meta, "unknown_rank", False) else [int(d) if d >= 0 else -1 for d in meta.shape]
+        described.append((key, datatype_of(meta.dtype), shape))
+    return described
+
+
+def server_ready(services: Services) -> bool:
+    """The readiness of grpc.health.v1 service "": every model AVAILABLE (every worker's) and not draining."""
+    status = services.health._server_status.get("")  # set by `RunningServer.refresh_health`
+    return status == health_pb2.HealthCheckResponse.SERVING
+
+
+# -- names and versions ------------------------------------------------------------------------
+
+
+def parse_version(raw: str) -> tuple[int | None, str | None]:
+    """A V2 version string -> (version number, TF Serving version label); ("", ...) is neither."""
+    if not raw:
+        return None, None
+    if raw.isascii() and raw.isdigit():
+        number = int(raw)
+        if not 0 < number < 2**63:
+            raise InvalidArgument(f"model version must be a positive 64-bit integer or a version label, got '{raw}'")
+        return number, None
+    return None, raw
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """(model, signature) as read without the repository: the part after the last dot is a signature
+    (used for metric labels; `Target.resolve` is the reading that counts)."""
+    model, dot, signature = name.rpartition(".")
+    return (model, signature) if dot and model and signature else (name, "")
+
+
+@dataclass(frozen=True)
+class Target:
+    """The TF Serving model, version and signature a V2 model name and version mean."""
+
+    name: str  # as the request named it (answers echo it)
+    model: str
+    signature: str  # "" = serving_default
+    version: int | None
+    label: str | None
+
+    @classmethod
+    def resolve(cls, repository: Repository, name: str, version: str, signature: str = "") -> Target:
+        if not name:
+            raise InvalidArgument("the model name is required")
+        number, label = parse_version(version)
+        model, from_name = name, ""
+        if name not in repository.models:
+            base, part = split_name(name)
+            if part and base in repository.models:
+                model, from_name = base, part
+            else:
+                raise NotFound(f"Servable not found for request: model '{name}' is not served")
+        if from_name and signature:
+            raise InvalidArgument(
+                f"model '{name}' names signature '{from_name}'; the '{SIGNATURE_PARAMETER}' parameter "
+                f"'{signature}' cannot name another"
+            )
+        return cls(name, model, from_name or signature, number, label)
+
+    def version_of(self, repository: Repository) -> ModelVersion:
+        return repository.resolve(self.model, self.version, self.label)
+
+    def signature_of(self, dataplane: DataPlane, resolved: ModelVersion) -> Signature:
+        """The signature; an unknown `<m>.<s>` is an unknown model (NOT_FOUND), an unknown
+        `signature_name` parameter TF Serving's FAILED_PRECONDITION (from the data plane)."""
+        signatures = resolved.signatures()
+        if self.name != self.model and self.signature not in signatures:
+            raise NotFound(
+                f"Servable not found for request: model '{self.name}': model '{self.model}' version "
+                f"{resolved.version} has no signature '{self.signature}'; it has {sorted(signatures)}"
+            )
+        return dataplane.signature_of(resolved, self.signature)
+
+
+def check_datatype(signature: Signature, name: str, datatype: Any) -> None:
+    """The V2 datatype a signature's input takes, said in V2's words (the data plane then checks the rest)."""
+    meta = signature.inputs.get(name)
+    if meta is None:
+        return  # unknown names, and alternatives (BYTES): the data plane's checks say it
+    want = datatype_of(meta.dtype)
+    if datatype != want and isinstance(datatype, str) and datatype in DATATYPES:
+        raise InvalidArgument(f"input '{name}' must be {want}, got {datatype}")
+
+
+def string_parameter(parameters: Mapping[str, Any], key: str) -> str:
+    value = parameters.get(key, "")
+    if not isinstance(value, str):
+        raise InvalidArgument(f"parameter '{key}' must be a string")
+    return value
+
+
+# -- tensors ---------------------------------------------------------------------------------
+
+
+def _shape(shape: Any, name: str) -> tuple[int, ...]:
+    if not isinstance(shape, list | tuple) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise InvalidArgument(f"input '{name}': shape must be a list of integers, got {shape!r}")
+    return tuple(shape)
+
+
+def decode_values(datatype: Any, shape: Any, data: Any, name: str, max_bytes: int) -> np.ndarray:
+    """A tensor given as values (JSON `data`, flat or nested, or typed gRPC contents) -> numpy."""
+    dtype = dtype_of(datatype, name)
+    dims = _shape(shape, name)
+    count = codec.check_shape(dims, dtype.itemsize if dtype != codec.STRING else 1, max_bytes, name)
+    if dtype == codec.STRING:
+        flat = np.empty(count, dtype=codec.STRING)
+        values = list(_flatten(data))
+        if len(values) != count:
+            raise InvalidArgument(f"input '{name}': shape {list(dims)} needs {count} values, got {len(values)}")
+        for index, value in enumerate(values):
+            if isinstance(value, str):
+                flat[index] = value.encode("utf-8")
+            elif isinstance(value, bytes):  # typed gRPC bytes_contents
+                flat[index] = value
+            else:
+                raise InvalidArgument(f"input '{name}' is BYTES: its values must be strings, got {type(value).__name__}")
+        return flat.reshape(dims)
+    try:
+        given = np.asarray(data)
+    except ValueError:
+        raise InvalidArgument(f"input '{name}': ragged nested lists") from None
+    if given.size != count:
+        raise InvalidArgument(f"input '{name}': shape {list(dims)} needs {count} values, got {given.size}")
+    if count and given.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
+        kind = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers"}[dtype.kind]
+        raise InvalidArgument(f"input '{name}' is {datatype}: its values must be {kind}")
+    if dtype.kind in "iu" and count:
+        info = np.iinfo(dtype)
+        low, high = given.min(), given.max()
+        if low < info.min or high > info.max:
+            raise InvalidArgument(f"input '{name}': values out of the range of {datatype}")
+    return given.astype(dtype, copy=False).reshape(dims)
+
+
+def _flatten(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        for item in value:
+            yield from _flatten(item)
+    else:
+        yield value
+
+
+def decode_raw(datatype: Any, shape: Any, raw: bytes, name: str, max_bytes: int) -> np.ndarray:
+    """A tensor's raw little-endian bytes (BYTES: 4-byte length + bytes per element) -> numpy."""
+    dtype = dtype_of(datatype, name)
+    dims = _shape(shape, name)
+    count = codec.check_shape(dims, dtype.itemsize if dtype != codec.STRING else 4, max_bytes, name)
+    if dtype != codec.STRING:
+        if len(raw) != count * dtype.itemsize:
+            raise InvalidArgument(
+                f"input '{name}': shape {list(dims)} of {datatype} needs {count * dtype.itemsize} bytes, "
+                f"got {len(raw)}"
+            )
+        return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(dims)
+    flat = np.empty(count, dtype=codec.STRING)
+    offset = 0
+    for index in range(count):
+        if offset + 4 > len(raw):
+            raise InvalidArgument(f"input '{name}': its BYTES data ends before element {index} of {count}")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise InvalidArgument(f"input '{name}': BYTES element {index} claims {length} bytes past the end")
+        flat[index] = bytes(raw[offset : offset + length])
+        offset += length
+    if offset != len(raw):
+        raise InvalidArgument(f"input '{name}': {len(raw) - offset} bytes left after its {count} BYTES elements")
+    return flat.reshape(dims)
+
+
+def encode_raw(array: np.ndarray) -> bytes:
+    """numpy -> the tensor's raw little-endian bytes (BYTES: 4-byte length + bytes per element)."""
+    if array.dtype == codec.STRING:
+        parts = []
+        for element in array.reshape(-1):
+            value = element if isinstance(element, bytes) else str(element).encode("utf-8")
+            parts.append(struct.pack("<I", len(value)))
+            parts.append(value)
+        return b"".join(parts)
+    datatype_of(array.dtype)  # refuses what V2 cannot carry
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def shape_of(array: np.ndarray) -> list[int]:
+    return [int(d) for d in array.shape]
+
+
+def select_outputs(outputs: Mapping[str, np.ndarray], requested: Sequence[str]) -> dict[str, np.ndarray]:
+    """The outputs in the requested order (all, in the signature's order, when none are requested)."""
+    return {name: outputs[name] for name in requested} if requested else dict(outputs)
+
