@@ -36,7 +36,7 @@ from clients.base import DEFAULT_TIMEOUT_S, Client
 from clients.errors import ClientError
 from clients.grids import activation_grid, grid_title, render_grid
 from clients.images import ImageLoadError, Invert, load_image_tensor, load_photo, looks_grayscale, read_bytes
-from clients.overlay import enlarge, overlay, save_png
+from clients.overlay import annotate, enlarge, overlay, save_png
 from clients.retries import DEFAULT_RETRIES
 
 PROG = "ml-client"
@@ -502,16 +502,19 @@ def run_explain(client: Client, args: argparse.Namespace) -> None:
     outputs = client.predict(
         args.model, request.inputs, signature=request.signature, version=args.version, label=args.label
     )
+    caption = ""
     if "probabilities" in outputs:
         label, score = max(classes_of(client, args, request)[0], key=lambda item: item[1])
         print(f"{request.sources[0]}: {label} ({score:.4f})")
+        caption = f"{label} {100 * score:.1f}%"
     if "heatmap" in outputs:
         heatmap = outputs["heatmap"][0]  # [h, w] in 0..1
         try:
             photo = enlarge(load_photo(args.input))  # uint8 [H, W, 3]
         except ImageLoadError as exc:
             raise UsageError(str(exc)) from exc
-        _write(args.output, lambda path: save_png(overlay(photo, heatmap), path))
+        caption += f"  Grad-CAM {heatmap.shape[0]}x{heatmap.shape[1]}"
+        _write(args.output, lambda path: save_png(annotate(overlay(photo, heatmap), caption.strip()), path))
         print(f"heatmap {heatmap.shape[0]}x{heatmap.shape[1]} over the image: wrote {args.output}")
         raw = heatmap
     elif "tokens" in outputs and "importance" in outputs:

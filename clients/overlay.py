@@ -61,6 +61,34 @@ def overlay(photo: np.ndarray, heatmap: np.ndarray, alpha: float = ALPHA) -> np.
     return np.round(superimposed).astype(np.uint8)
 
 
+def annotate(image: np.ndarray, caption: str, bar_width: int = 14) -> np.ndarray:
+    """The overlay as people read it: `caption` (the predicted label and probability) in a dark band
+    across the top, and a jet colour scale (heat 1 at the top, 0 at the bottom) to the right.
+
+    uint8 RGB [H, W, 3] -> uint8 RGB [H, W + bar_width + 24, 3].
+    """
+    from PIL import ImageDraw
+
+    height, width = image.shape[:2]
+    margin = 24  # room for the scale's "1" and "0"
+    canvas = Image.new("RGB", (width + bar_width + margin, height), (255, 255, 255))
+    picture = Image.fromarray(image)
+    band = Image.new("RGBA", (width, 20), (0, 0, 0, 160))
+    picture.paste(band, (0, 0), band)
+    draw = ImageDraw.Draw(picture)
+    draw.text((5, 4), caption, fill=(255, 255, 255))
+    canvas.paste(picture, (0, 0))
+    top, bottom = 14, height - 14
+    levels = np.linspace(1.0, 0.0, max(bottom - top, 2))  # [rows]: 1 at the top
+    column = colorize(levels[:, None])  # [rows, 1, 3]
+    bar = np.repeat(column, bar_width, axis=1)  # [rows, bar_width, 3]
+    canvas.paste(Image.fromarray(bar), (width + 4, top))
+    scale = ImageDraw.Draw(canvas)
+    scale.text((width + bar_width + 7, top - 6), "1", fill=(0, 0, 0))
+    scale.text((width + bar_width + 7, bottom - 8), "0", fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
 def enlarge(photo: np.ndarray, min_side: int = 224) -> np.ndarray:
     """Blow a tiny image (a 28x28 digit) up by a whole factor, nearest neighbour, so the overlay is visible."""
     factor = -(-min_side // max(1, min(photo.shape[:2])))  # ceil

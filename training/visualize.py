@@ -347,13 +347,14 @@ def run(args: argparse.Namespace) -> None:
         print(f"wrote {args.output}")
     else:
         from clients.images import load_photo
-        from clients.overlay import enlarge, overlay, save_png
+        from clients.overlay import annotate, enlarge, overlay, save_png
 
         layer = args.layer or gradcam_layer(args.model, keras_model, args.keras, args.runs_dir)
         probabilities, maps = heatmap(keras_model, layer, load_input(args.image, keras_model))
-        save_png(overlay(enlarge(load_photo(args.image)), maps), args.output)
         best = int(np.argmax(probabilities))
         label = class_names(args.model, len(probabilities))[best]
+        caption = f"{label} {100 * probabilities[best]:.1f}%  Grad-CAM {maps.shape[0]}x{maps.shape[1]}"
+        save_png(annotate(overlay(enlarge(load_photo(args.image)), maps), caption), args.output)  # as ml-client explain
         print(
             f"{args.image.name}: {label} ({probabilities[best]:.4f}); Grad-CAM of {layer} "
             f"{maps.shape[0]}x{maps.shape[1]} over the image: wrote {args.output}"

@@ -101,7 +101,13 @@ def test_catdog_predict_sends_bytes_and_explain_writes_overlay(
         out = capsys.readouterr().out
         assert out.startswith("red.jpg: cat (")
         with Image.open(overlay_path) as written:
-            assert written.mode == "RGB" and written.size == (30 * 8, 40 * 8)  # enlarged to >= 224 px
+            # enlarged to >= 224 px, plus the colour scale (14 px bar + 24 px for its labels) on the right
+            assert written.mode == "RGB" and written.size == (30 * 8 + 38, 40 * 8)
+            pixels = np.asarray(written)
+            top, middle, bottom = pixels[16, 30 * 8 + 10], pixels[160, 30 * 8 + 10], pixels[40 * 8 - 16, 30 * 8 + 10]
+            assert top[0] > 100 and top[2] < 60 and bottom[2] > 100 and bottom[0] < 60  # jet: red 1, blue 0
+            assert middle[1] > 200  # green in the middle
+            assert pixels[:18, :100].mean() < pixels[40:, :100].mean()  # the caption's dark band
         heatmap = np.load(raw_path)
         assert heatmap.shape == (4, 4) and heatmap.dtype == np.float32
 

@@ -100,7 +100,7 @@ def test_command_line_writes_each_picture(
     assert done.returncode == 0, done.stderr
     heat = np.load(tmp_path / "h.npy")
     assert heat.shape == (11, 11) and heat.min() >= 0 and heat.max() <= 1  # conv2, the last 4-D output
-    assert Image.open(tmp_path / "h.png").size == (224, 224)  # enlarged as ml-client explain draws it
+    assert Image.open(tmp_path / "h.png").size == (224 + 38, 224)  # enlarged + scale, as ml-client explain
     done = cli("activations", *common, str(digit), "--layer", "nope", "-o", str(tmp_path / "a"))
     assert done.returncode == 2
     assert "tiny has no layer 'nope'; its conv/pooling layers: conv1, pool1, conv2" in done.stderr
