@@ -16,6 +16,11 @@ Checks before publishing (any failure -> nothing is published):
 2. Pipeline parity: SavedModel on raw strings vs tokenizer + ONNX Runtime on the test texts and the
    tricky ones, max |diff| of `probabilities` <= 1e-5 and the same argmax, at batch sizes 1 and 64.
 
+Every approach of `training.sentiment` goes through this one spec, the recurrent ones included:
+tf2onnx turns a masked `SimpleRNN`/`LSTM`/`GRU` (and `Bidirectional`, and the GRU under `conv_gru`)
+into an ONNX `Loop` over the time steps, the padding mask inside it; `explain` (token occlusion) only
+needs `model.onnx` on token ids, so it works for all of them.
+
 `evaluate` (used by `python -m export.evaluate sentiment`) needs no TensorFlow: it scores the published
 version through the server's own path (`serving.text.Tokenizer` from the manifest + ONNX Runtime) on the
 test split the model was trained with. This module therefore imports TensorFlow, Keras and the export
@@ -183,6 +188,10 @@ def export_module(model: Any, vectorizer: Any, vocabulary_file: Path) -> Any:
 
     module = tf.Module(name="sentiment")
     module.model = model
+    # Every variable the graph captures must be tracked. A recurrent cell's dropout seed state
+    # (`seed_generator_state`) is not reached through the Keras model's own trackable children, so
+    # the SavedModel would refuse the function; track the model's variables explicitly.
+    module.model_variables = [getattr(variable, "value", variable) for variable in model.variables]
     module.vectorizer = vectorizer
     # A tracked asset: tf.saved_model.save copies it into assets/ under its own file name.
     module.vocabulary = tf.saved_model.Asset(str(vocabulary_file))

