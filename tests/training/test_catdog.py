@@ -183,7 +183,7 @@ def test_all_four_approaches_train_and_compare(tmp_path: Path) -> None:
     root = write_tiny_dataset(tmp_path / "cvd")
     out = tmp_path / "run"
     argv = ["--approach", "all", "--dataset-dir", str(root), "--out", str(out), "--weights", "none"]
-    argv += ["--image-size", "32", "--scratch-image-size", "32", "--epochs-scale", "0.2", "--threads", "2"]
+    argv += ["--image-size", "32", "--scratch-image-size", "32", "--epochs-scale", "0.1", "--threads", "2"]
     assert catdog.main(argv) == 0
 
     combined = json.loads((out / "metrics.json").read_text())
