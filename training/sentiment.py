@@ -581,10 +581,12 @@ def train_approach(
         }
     )
     (folder / "history.json").write_text(json.dumps(curves, indent=1) + "\n")
+    fine_tuned = len(curves.get("val_accuracy", [])) > frozen_epochs
     plot_curves(
         curves,
         folder / "curves.png",
         f"sentiment {run_name}: val {metrics['val_accuracy']:.4f}, test {metrics['test_accuracy']:.4f}",
+        stages=[(frozen_epochs, "GloVe unfrozen, fine-tuning")] if fine_tuned else [],
     )
     return metrics
 
