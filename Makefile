@@ -24,10 +24,10 @@ $(VENV)/bin/python:
 venv: $(VENV)/bin/python
 
 install: venv ## the server, clients, training and export
-	$(PY) -m pip install --quiet --no-compile -e '.[train,load]'
+	$(PY) -m pip install --quiet -e '.[train,load]'
 
 install-dev: venv ## everything, plus test and lint tools
-	$(PY) -m pip install --quiet --no-compile -e '.[train,load,dev]'
+	$(PY) -m pip install --quiet -e '.[train,load,dev]'
 
 # -- the main job -----------------------------------------------------------------------------
 
