@@ -6,8 +6,10 @@ protobuf 6, python-rapidjson and ml-dtypes go in it, and a `.pth` line puts the 
 site-packages after them for the rest (numpy, grpcio, geventhttpclient), so it installs in seconds.
 The calls run in one subprocess (`v2_tritonclient_calls.py`) per module, against one server;
 the answers are compared with TF Serving's API on the same inputs. The tests are skipped only when
-the registry cannot be reached. Pure pieces (datatypes, raw tensors) and the REST binary format
-are also tested here without tritonclient.
+the registry cannot be reached. Pure pieces (datatypes, raw tensors, top classes) and the REST
+binary format are also tested here without tritonclient. The classification extension is compared
+with TF Serving's `:classify` on the same examples; `tagged`, a bare ONNX graph (no manifest, no
+labels) passing its inputs through, gives it an unlabelled output with ties and a BYTES output.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ from typing import Any
 
 import grpc
 import numpy as np
+import onnx
 import pytest
 import requests
+from onnx import TensorProto, helper
 from PIL import Image
 
 from serving import codec
+from serving.backends import Signature, TensorMeta
 from serving.errors import InvalidArgument
 from serving.proto import inference_pb2, inference_pb2_grpc
 from serving.protocol.v2 import common
@@ -69,6 +74,24 @@ SPEC_METHODS = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "Mo
 # -- fixtures ----------------------------------------------------------------------------------
 
 
+def write_tagged(version_dir: Path) -> None:
+    """A bare ONNX graph (no manifest: no labels): `scores` FP32 [batch,4] -> `ranked` (the same
+    values), `tags` BYTES [batch,3] -> `echoed` (the same strings)."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["scores"], ["ranked"]), helper.make_node("Identity", ["tags"], ["echoed"])],
+        "tagged",
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 4]),
+         helper.make_tensor_value_info("tags", TensorProto.STRING, ["batch", 3])],
+        [helper.make_tensor_value_info("ranked", TensorProto.FLOAT, ["batch", 4]),
+         helper.make_tensor_value_info("echoed", TensorProto.STRING, ["batch", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    version_dir.mkdir(parents=True)
+    onnx.save(model, version_dir / "model.onnx")
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("v2-models")
@@ -76,13 +99,15 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_tiny_version(root / "spare" / "digits2", 1, seed=3)  # loaded through the repository API
     write_tiny_catdog(root / "catdog")
     write_tiny_sentiment(root / "sentiment")
+    write_tagged(root / "tagged" / "1")
     return root
 
 
 @pytest.fixture(scope="module")
 def server(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     work = tmp_path_factory.mktemp("v2-server")
-    config = write_config(work / "models.config", {name: models / name for name in ("digits", "catdog", "sentiment")})
+    served = ("digits", "catdog", "sentiment", "tagged")
+    config = write_config(work / "models.config", {name: models / name for name in served})
     process = start_server(["--model_config_file", str(config)], work / "server.log")
     yield process
     process.stop()
@@ -127,6 +152,8 @@ def _inputs() -> dict[str, np.ndarray]:
         "digits": rng.uniform(0, 255, (2, 28, 28, 1)).astype(np.float32),
         "catdog": rng.uniform(0, 255, (1, 16, 16, 3)).astype(np.float32),
         "png": np.frombuffer(_png(), dtype=np.uint8),
+        # `tagged`'s scores: a tie (0.75 at 1 and 3) in the first row, integers' worth in the second.
+        "scores": np.array([[0.25, 0.75, 0.5, 0.75], [3.0, -1.0, 2.0, 10.0]], np.float32),
     }
 
 
@@ -163,7 +190,7 @@ def test_health_and_metadata(triton: dict[str, Any]) -> None:
     assert triton["health"]["grpc"] == [True, True, True, True]
     for metadata in triton["server_metadata"].values():
         assert metadata["name"] == "model-serving"
-        assert set(metadata["extensions"]) == {"binary_tensor_data", "model_repository"}
+        assert set(metadata["extensions"]) == {"binary_tensor_data", "classification", "model_repository"}
     digits = triton["model_metadata"]["digits"]
     assert digits["http"] == {
         "name": "digits",
@@ -235,12 +262,70 @@ def test_catdog_and_sentiment_equal_tf_serving(triton: dict[str, Any], server: S
         ("load_unknown_model", "404", "NOT_FOUND", "give its base path"),
         ("load_triton_config", "400", "INVALID_ARGUMENT", "['max_batch_size']"),
         ("unload_unknown_model", "404", "NOT_FOUND", "model 'ghost' is not served"),
+        ("classification_negative", "400", "INVALID_ARGUMENT", "'classification' must be a positive integer"),
+        ("classification_bytes_output", "400", "INVALID_ARGUMENT", "output 'echoed' is BYTES"),
+        ("classification_rank_3", "400", "INVALID_ARGUMENT", "shape [-1, 4, 4]"),
     ],
 )
 def test_errors(triton: dict[str, Any], case: str, http_status: str, grpc_code: str, words: str) -> None:
     http, grpc_error = triton["errors"]["http"][case], triton["errors"]["grpc"][case]
     assert http["status"] == http_status and words in http["message"], http
     assert grpc_error["status"] == f"StatusCode.{grpc_code}" and words in grpc_error["message"], grpc_error
+
+
+def tf_classify(server: ServerProcess, model: str, images: np.ndarray) -> list[list[list[Any]]]:
+    """TF Serving's :classify of each image (its pixels as the `image` feature): [label, score] per class."""
+    body = {"examples": [{"image": image.reshape(-1).tolist()} for image in images]}
+    response = requests.post(f"{server.rest_url}/v1/models/{model}:classify", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()["results"]
+
+
+def top_of(classes: list[list[Any]], count: int) -> list[str]:
+    """Classify's [label, score] per class (in label order) -> the top `count` as the extension writes them."""
+    ranked = sorted(range(len(classes)), key=lambda index: -classes[index][1])  # stable: ties by index
+    return [f"{classes[i][1]:f}:{i}:{classes[i][0]}" for i in ranked[:count]]
+
+
+def test_classification_equals_tf_serving_classify(triton: dict[str, Any], server: ServerProcess) -> None:
+    answers = triton["classification"]
+    inputs = _inputs()
+    digits = tf_classify(server, "digits", inputs["digits"])
+    expected = [top_of(classes, 3) for classes in digits]
+    assert [label for label, _ in digits[0]] == [str(i) for i in range(10)]  # the model's labels
+    for case in ("digits_http_binary", "digits_http_json", "digits_grpc"):
+        answer = answers[case]
+        assert answer["outputs"]["probabilities"] == expected, case
+        assert answer["datatypes"]["probabilities"] == ["BYTES", [2, 3]], case
+    assert answers["digits_http_binary"]["binary"] == [True] and answers["digits_http_json"]["binary"] == [False]
+    # The same classes as argsort of Predict's probabilities.
+    probabilities = np.array(tf_predict(server, "digits", {"instances": inputs["digits"].tolist()})["predictions"])
+    indices = [[int(text.split(":")[1]) for text in row] for row in expected]
+    assert indices == np.argsort(-probabilities, axis=1, kind="stable")[:, :3].tolist()
+    # catdog has two classes: class_count 3 returns both ([1, 2]), as Triton's min(count, classes).
+    catdog = [top_of(classes, 3) for classes in tf_classify(server, "catdog", inputs["catdog"])]
+    assert len(catdog[0]) == 2 and {text.split(":")[2] for text in catdog[0]} == {"cat", "dog"}
+    for case in ("catdog_http", "catdog_grpc"):
+        assert answers[case]["outputs"]["probabilities"] == catdog, case
+        assert answers[case]["datatypes"]["probabilities"] == ["BYTES", [1, 2]], case
+    explain = answers["explain_http"]  # one output classified, the other as it is
+    assert explain["outputs"]["probabilities"] == [catdog[0][:1]]
+    assert explain["datatypes"]["heatmap"] == ["FP32", [1, 4, 4]]
+
+
+def test_classification_without_labels(triton: dict[str, Any]) -> None:
+    answers = triton["classification"]
+    # No labels, so no label part; the tie (0.75 at 1 and 3) goes to the lower index first; count 5 of 4 classes: 4.
+    assert answers["unlabelled_http"]["outputs"]["ranked"] == [
+        ["0.750000:1", "0.750000:3", "0.500000:2", "0.250000:0"],
+        ["10.000000:3", "3.000000:0", "2.000000:2", "-1.000000:1"],
+    ]
+    assert answers["unlabelled_http"]["datatypes"]["ranked"] == ["BYTES", [2, 4]]
+    assert answers["unlabelled_http"]["datatypes"]["echoed"] == ["BYTES", [2, 3]]  # not classified
+    assert answers["unlabelled_grpc"]["outputs"]["ranked"] == [["0.750000:1", "0.750000:3"], ["10.000000:3", "3.000000:0"]]
+    assert answers["unlabelled_grpc"]["datatypes"]["ranked"] == ["BYTES", [2, 2]]
+    not_integer = triton["errors"]["http"]["classification_not_integer"]
+    assert not_integer["status"] == "400" and "got 2.5" in not_integer["message"], not_integer
 
 
 def test_repository_load_and_unload(triton: dict[str, Any], server: ServerProcess) -> None:
@@ -334,6 +419,51 @@ def test_rest_binary_format_and_errors(server: ServerProcess) -> None:
     assert requests.get(f"{server.rest_url}/v2/health/ready").json() == {"ready": True}
 
 
+def test_classification_raw_rest_and_grpc(server: ServerProcess) -> None:
+    """The extension's JSON form as its spec writes it, and class counts tritonclient never sends."""
+    digits = _inputs()["digits"]
+    expected = [top_of(classes, 2) for classes in tf_classify(server, "digits", digits)]
+    url = f"{server.rest_url}/v2/models/digits/infer"
+    image = {"name": "image", "shape": [2, 28, 28, 1], "datatype": "FP32", "data": digits.reshape(-1).tolist()}
+
+    def rest(classification: Any) -> requests.Response:
+        outputs = [{"name": "probabilities", "parameters": {"classification": classification}}]
+        return requests.post(url, json={"id": "42", "inputs": [image], "outputs": outputs}, timeout=30)
+
+    reply = rest(2)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["outputs"] == [
+        {"name": "probabilities", "datatype": "BYTES", "shape": [2, 2], "data": expected[0] + expected[1]}
+    ]
+    for refused in (0, -3, 2.5, "2", True, None):
+        reply = rest(refused)
+        assert reply.status_code == 400 and "must be a positive integer" in reply.json()["error"], (refused, reply.text)
+
+    tensor = inference_pb2.ModelInferRequest.InferInputTensor(
+        name="image", datatype="FP32", shape=[2, 28, 28, 1],
+        contents=inference_pb2.InferTensorContents(fp32_contents=digits.reshape(-1).tolist()),
+    )
+    Parameter = inference_pb2.InferParameter
+
+    def infer(classification: inference_pb2.InferParameter) -> inference_pb2.ModelInferResponse:
+        output = inference_pb2.ModelInferRequest.InferRequestedOutputTensor(
+            name="probabilities", parameters={"classification": classification})
+        return stub.ModelInfer(inference_pb2.ModelInferRequest(model_name="digits", inputs=[tensor], outputs=[output]))
+
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        response = infer(Parameter(int64_param=2))
+        (output,) = response.outputs  # typed in, typed out: bytes_contents
+        assert (output.datatype, list(output.shape)) == ("BYTES", [2, 2]) and not response.raw_output_contents
+        assert [v.decode() for v in output.contents.bytes_contents] == expected[0] + expected[1]
+        for refused in (Parameter(int64_param=0), Parameter(int64_param=-1), Parameter(string_param="2"),
+                        Parameter(double_param=2.0), Parameter(bool_param=True), Parameter()):
+            with pytest.raises(grpc.RpcError) as error:
+                infer(refused)
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused
+            assert "must be a positive integer" in error.value.details()
+
+
 def test_grpc_typed_contents_and_metrics(server: ServerProcess) -> None:
     digits = _inputs()["digits"]
     tensor = inference_pb2.ModelInferRequest.InferInputTensor(
@@ -400,6 +530,40 @@ def test_decode_refuses_malformed_tensors() -> None:
     with pytest.raises(InvalidArgument, match="must be numbers"):
         common.decode_values("FP32", [1], ["1.5"], "x", 1 << 20)
     assert common.parse_version("12") == (12, None) and common.parse_version("stable") == (None, "stable")
+
+
+def test_top_classes_and_classification_checks() -> None:
+    # Triton's example: [1, 5, 10, 4] -> "10:2", "5:1"; integer outputs write integer values.
+    assert common.top_classes(np.array([[1, 5, 10, 4]], np.uint32), 2, (), "o").tolist() == [[b"10:2", b"5:1"]]
+    # Floats as C's %f (Triton's std::to_string); labels only when one per class; count past the classes: all.
+    scores = np.array([[1.1, 3.3, 0.5, 2.4]], np.float32)
+    assert common.top_classes(scores, 9, ("a", "b", "c", "d"), "o").tolist() == [
+        [b"3.300000:1:b", b"2.400000:3:d", b"1.100000:0:a", b"0.500000:2:c"]
+    ]
+    assert common.top_classes(scores, 1, ("a", "b"), "o").tolist() == [[b"3.300000:1"]]
+    assert common.top_classes(np.array([[0.0, 1.0], [1.0, 1.0]]), 2, (), "o").tolist() == [
+        [b"1.000000:1", b"0.000000:0"], [b"1.000000:0", b"1.000000:1"]]  # a tie: the lower index first
+    assert common.top_classes(np.zeros((3, 4), np.int8), 2, (), "o").shape == (3, 2)
+    for value in (np.array([[b"x"]], dtype=object), np.array([[True]]), np.zeros(3), np.zeros((1, 2, 2))):
+        with pytest.raises(InvalidArgument, match="output 'o'"):
+            common.top_classes(value, 1, (), "o")
+    assert common.classification_count({}, "o") == 0
+    assert common.classification_count({"classification": 3, "binary_data": True}, "o") == 3
+    for refused in (0, -1, 2.5, "3", True, None):
+        with pytest.raises(InvalidArgument, match="must be a positive integer") as error:
+            common.classification_count({"classification": refused}, "o")
+        assert error.value.http_status == 400 and error.value.grpc_code == grpc.StatusCode.INVALID_ARGUMENT
+    signature = Signature("s", "tensorflow/serving/predict", {}, {
+        "probabilities": TensorMeta(np.dtype(np.float32), (-1, 10)),
+        "names": TensorMeta(codec.STRING, (-1, 10)),
+        "label": TensorMeta(np.dtype(np.int64), (-1,)),
+    })
+    common.check_classification(signature, "probabilities")
+    common.check_classification(signature, "logits")  # unknown: the data plane's output check says it
+    with pytest.raises(InvalidArgument, match="output 'names' is BYTES"):
+        common.check_classification(signature, "names")
+    with pytest.raises(InvalidArgument, match=r"shape \[-1\]"):
+        common.check_classification(signature, "label")
 
 
 def test_generated_grpc_stub_is_fresh(tmp_path: Path) -> None:

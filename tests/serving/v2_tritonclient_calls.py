@@ -27,42 +27,57 @@ def error_of(call: Callable[[], Any]) -> dict[str, str]:
     return {"status": "OK", "message": ""}
 
 
+def listed(value: np.ndarray) -> Any:
+    """An answer tensor as JSON-ready lists, BYTES elements as text."""
+    if value.dtype == object:
+        value = np.vectorize(lambda v: v.decode() if isinstance(v, bytes) else v, otypes=[object])(value)
+    return value.tolist()
+
+
 def http_infer(client: httpclient.InferenceServerClient, model: str, tensors: dict[str, np.ndarray], binary: bool,
-               outputs: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+               outputs: list[str] | None = None, class_count: Any = 0, **kwargs: Any) -> dict[str, Any]:
     inputs = []
     for name, value in tensors.items():
         datatype = "BYTES" if value.dtype == object else {np.float32: "FP32", np.float64: "FP64"}[value.dtype.type]
         entry = httpclient.InferInput(name, list(value.shape), datatype)
         entry.set_data_from_numpy(value, binary_data=binary)
         inputs.append(entry)
-    requested = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in outputs] if outputs else None
-    result = client.infer(model, inputs, outputs=requested, request_id="req-1", **kwargs)
+    # class_count: the first output requested as a classification (the classification extension).
+    requested = [
+        httpclient.InferRequestedOutput(n, binary_data=binary, class_count=class_count if i == 0 else 0)
+        for i, n in enumerate(outputs or ())
+    ]
+    result = client.infer(model, inputs, outputs=requested or None, request_id="req-1", **kwargs)
     response = result.get_response()
     return {
         "id": response.get("id"),
         "model_name": response["model_name"],
         "model_version": response["model_version"],
-        "outputs": {o["name"]: result.as_numpy(o["name"]).tolist() for o in response["outputs"]},
+        "outputs": {o["name"]: listed(result.as_numpy(o["name"])) for o in response["outputs"]},
+        "datatypes": {o["name"]: [o["datatype"], o["shape"]] for o in response["outputs"]},
         "binary": [("binary_data_size" in o.get("parameters", {})) for o in response["outputs"]],
     }
 
 
 def grpc_infer(client: grpcclient.InferenceServerClient, model: str, tensors: dict[str, np.ndarray],
-               outputs: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+               outputs: list[str] | None = None, class_count: int = 0, **kwargs: Any) -> dict[str, Any]:
     inputs = []
     for name, value in tensors.items():
         datatype = "BYTES" if value.dtype == object else {np.float32: "FP32", np.float64: "FP64"}[value.dtype.type]
         entry = grpcclient.InferInput(name, list(value.shape), datatype)
         entry.set_data_from_numpy(value)
         inputs.append(entry)
-    requested = [grpcclient.InferRequestedOutput(n) for n in outputs] if outputs else None
-    result = client.infer(model, inputs, outputs=requested, request_id="req-2", **kwargs)
+    requested = [
+        grpcclient.InferRequestedOutput(n, class_count=class_count if i == 0 else 0) for i, n in enumerate(outputs or ())
+    ]
+    result = client.infer(model, inputs, outputs=requested or None, request_id="req-2", **kwargs)
     response = result.get_response()
     return {
         "id": response.id,
         "model_name": response.model_name,
         "model_version": response.model_version,
-        "outputs": {o.name: result.as_numpy(o.name).tolist() for o in response.outputs},
+        "outputs": {o.name: listed(result.as_numpy(o.name)) for o in response.outputs},
+        "datatypes": {o.name: [o.datatype, list(o.shape)] for o in response.outputs},
     }
 
 
@@ -92,6 +107,7 @@ def main() -> None:
     png = np.array([data["png"].tobytes()], dtype=object)  # one PNG, BYTES [1]
     texts = np.array([b"good fun great", b"awful dull bad"], dtype=object)
     catdog = data["catdog"]  # float32 [1, 16, 16, 3]
+    tagged = {"scores": data["scores"], "tags": np.array([[b"a", b"b", b"c"]] * 2, dtype=object)}  # [2, 4], [2, 3]
     http = httpclient.InferenceServerClient(rest_hostport)
     grpc = grpcclient.InferenceServerClient(grpc_target)
     out: dict[str, Any] = {"descriptors": descriptors()}
@@ -124,6 +140,18 @@ def main() -> None:
         "text_http_json": http_infer(http, "sentiment", {"text": texts}, False, outputs=["probabilities"]),
         "text_grpc": grpc_infer(grpc, "sentiment", {"text": texts}),
     }
+    # The classification extension: top classes instead of the tensor (digits 10 classes, catdog 2).
+    out["classification"] = {
+        "digits_http_binary": http_infer(http, "digits", {"image": digits}, True, ["probabilities"], class_count=3),
+        "digits_http_json": http_infer(http, "digits", {"image": digits}, False, ["probabilities"], class_count=3),
+        "digits_grpc": grpc_infer(grpc, "digits", {"image": digits}, ["probabilities"], class_count=3),
+        "catdog_http": http_infer(http, "catdog", {"image": catdog}, True, ["probabilities"], class_count=3),
+        "catdog_grpc": grpc_infer(grpc, "catdog", {"image": catdog}, ["probabilities"], class_count=3),
+        "explain_http": http_infer(http, "catdog.explain", {"image": catdog}, False, ["probabilities", "heatmap"],
+                                   class_count=1),
+        "unlabelled_http": http_infer(http, "tagged", tagged, True, ["ranked", "echoed"], class_count=5),
+        "unlabelled_grpc": grpc_infer(grpc, "tagged", tagged, ["ranked"], class_count=2),
+    }
     as_double = digits.astype(np.float64)
     flat = digits.reshape(2, 28, 28)
     out["errors"] = {}
@@ -145,7 +173,16 @@ def main() -> None:
             "load_unknown_model": error_of(lambda c=client: c.load_model("ghost")),
             "load_triton_config": error_of(lambda c=client: c.load_model("ghost", config='{"max_batch_size": 8}')),
             "unload_unknown_model": error_of(lambda c=client: c.unload_model("ghost")),
+            "classification_negative": error_of(
+                lambda f=infer: f("digits", {"image": digits}, outputs=["probabilities"], class_count=-1)),
+            "classification_bytes_output": error_of(
+                lambda f=infer: f("tagged", tagged, outputs=["echoed"], class_count=2)),
+            "classification_rank_3": error_of(
+                lambda f=infer: f("catdog.explain", {"image": catdog}, outputs=["heatmap"], class_count=2)),
         }
+    # A class count that is not an integer: only tritonclient.http sends one (grpc's int64_param refuses it).
+    out["errors"]["http"]["classification_not_integer"] = error_of(
+        lambda: http_infer(http, "digits", {"image": digits}, True, ["probabilities"], class_count=2.5))
 
     # The model repository extension, last: it changes what is served.
     repository: dict[str, Any] = {"index_before": http.get_model_repository_index()}

@@ -14,6 +14,12 @@
   little-endian bytes of the binary extension and of `raw_input_contents` (`decode_raw`,
   `encode_raw`; BYTES elements are each a 4-byte little-endian length and the bytes). Shapes are
   checked against the byte limit before numpy sees them.
+- Classification (Triton's extension): a requested output whose `classification` parameter is k
+  (REST `outputs[].parameters`, gRPC `int64_param`) is answered as BYTES [batch, min(k, classes)]
+  instead: per row the k highest values, highest first, each "<value>:<index>[:<label>]" (value as
+  C's `%f` for floats, as an integer for integer outputs; Triton's classification.cc). The label is
+  the model's (the class names of its `probabilities`) where their count is the output's last
+  dimension. Only numeric outputs of shape [batch, classes] can be classified.
 
 Errors are `serving.errors` classes, so both sides map them as TF Serving's API does (unknown model
 404 / NOT_FOUND, malformed tensor 400 / INVALID_ARGUMENT, ...).
@@ -40,8 +46,9 @@ from serving.repository import ModelVersion, Repository
 DEFAULT_SIGNATURE = "serving_default"
 SIGNATURE_PARAMETER = "signature_name"
 SERVER_NAME = "model-serving"
-# What ServerMetadata lists: Triton's names for the two extensions served here.
-EXTENSIONS = ("binary_tensor_data", "model_repository")
+CLASSIFICATION_PARAMETER = "classification"
+# What ServerMetadata lists: Triton's names for the extensions served here.
+EXTENSIONS = ("binary_tensor_data", "classification", "model_repository")
 
 # V2 datatype -> numpy dtype (little-endian on the wire; FP16 has no typed gRPC field, so raw only).
 DATATYPES: dict[str, np.dtype] = {
@@ -288,6 +295,80 @@ def encode_raw(array: np.ndarray) -> bytes:
 
 def shape_of(array: np.ndarray) -> list[int]:
     return [int(d) for d in array.shape]
+
+
+# -- the classification extension -----------------------------------------------------------
+
+
+def classification_count(parameters: Mapping[str, Any], name: str) -> int:
+    """The `classification` parameter of requested output `name`: k > 0, or 0 when it is absent."""
+    if CLASSIFICATION_PARAMETER not in parameters:
+        return 0
+    count = parameters[CLASSIFICATION_PARAMETER]
+    if not isinstance(count, int) or isinstance(count, bool) or count <= 0:
+        raise InvalidArgument(
+            f"output '{name}': parameter '{CLASSIFICATION_PARAMETER}' must be a positive integer "
+            f"(the number of classes to return), got {count!r}"
+        )
+    return count
+
+
+def _check_classifiable(name: str, dtype: np.dtype, shape: Sequence[int] | None) -> None:
+    """Numeric (integers or floats) of rank 2 ([batch, classes]); `shape` None: rank not known yet."""
+    if np.dtype(dtype).kind not in "iuf":
+        datatype = _NAMES.get(np.dtype(dtype), str(dtype))
+        raise InvalidArgument(
+            f"output '{name}' is {datatype}: the classification extension ranks numeric outputs only"
+        )
+    if shape is not None and len(shape) != 2:
+        raise InvalidArgument(
+            f"output '{name}' has shape {[int(d) for d in shape]}: the classification extension ranks "
+            "outputs of shape [batch, classes]"
+        )
+
+
+def check_classification(signature: Signature, name: str) -> None:
+    """Whether output `name` of `signature` can be classified, before anything runs (unknown names:
+    the data plane's output check says it)."""
+    meta = signature.outputs.get(name)
+    if meta is not None:
+        shape = None if getattr(meta, "unknown_rank", False) else meta.shape
+        _check_classifiable(name, meta.dtype, shape)
+
+
+def labels_of(version: ModelVersion) -> tuple[str, ...]:
+    """The model's class names (its `probabilities` output's), () when it has none."""
+    backend = version.backend
+    return backend.labels if backend is not None else ()
+
+
+def top_classes(values: np.ndarray, count: int, labels: Sequence[str], name: str) -> np.ndarray:
+    """An output [batch, classes] -> BYTES [batch, min(count, classes)]: per row its `count` highest
+    values, highest first (ties: the lower index first), each "<value>:<index>[:<label>]"."""
+    _check_classifiable(name, values.dtype, values.shape)  # what the engine really returned
+    rows, classes = values.shape
+    kept = min(count, classes)
+    # A stable ascending sort of each reversed row, read backwards: descending, ties by lower index.
+    order = classes - 1 - np.argsort(values[:, ::-1], axis=1, kind="stable")[:, ::-1][:, :kept]  # [batch, kept]
+    named = len(labels) == classes
+    as_float = values.dtype.kind == "f"
+    answer = np.empty((rows, kept), dtype=codec.STRING)
+    for row in range(rows):
+        for column, index in enumerate(order[row].tolist()):
+            value = values[row, index]
+            text = f"{float(value):f}:{index}" if as_float else f"{int(value)}:{index}"
+            answer[row, column] = (f"{text}:{labels[index]}" if named else text).encode("utf-8")
+    return answer
+
+
+def classify_outputs(
+    outputs: Mapping[str, np.ndarray], counts: Mapping[str, int], labels: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """The outputs with each one named in `counts` replaced by its `top_classes`."""
+    return {
+        name: top_classes(value, counts[name], labels, name) if counts.get(name) else value
+        for name, value in outputs.items()
+    }
 
 
 def select_outputs(outputs: Mapping[str, np.ndarray], requested: Sequence[str]) -> dict[str, np.ndarray]:

@@ -9,7 +9,10 @@ ModelInfer takes inputs as typed `contents` or as `raw_input_contents` (one entr
 `tritonclient.grpc` sends) and answers in the same form: raw inputs get `raw_output_contents` (one
 entry per output, in output order), typed inputs typed outputs (FP16, which has no typed field,
 always goes raw). Unknown request parameters are ignored, as the spec allows; `signature_name`
-chooses a signature (see `common`).
+chooses a signature (see `common`). A requested output with `parameters["classification"].int64_param`
+k (`tritonclient.grpc.InferRequestedOutput(name, class_count=k)`) is answered as BYTES [batch,
+min(k, classes)] holding "<value>:<index>[:<label>]" per class (Triton's classification extension,
+see `common`), raw or typed as the other outputs.
 """
 
 from __future__ import annotations
@@ -195,22 +198,25 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer, tf_grpc.
             else:
                 inputs[name] = self._typed_input(tensor, shape)
         requested: list[str] = []
+        classes: dict[str, int] = {}
         for output in message.outputs:
             if output.name in requested:
                 raise InvalidArgument(f"output '{output.name}' is requested twice")
-            if "classification" in output.parameters and _parameter(output.parameters["classification"]):
-                raise InvalidArgument(
-                    f"output '{output.name}': the classification extension is not offered by this server"
-                )
+            count = common.classification_count(_parameters(output.parameters), output.name)
+            if count:
+                common.check_classification(signature, output.name)
+                classes[output.name] = count
             requested.append(output.name)
+        labels = common.labels_of(resolved)
         result = await self.dataplane.predict(
             target.model, inputs, version=resolved.version, signature=signature.name, output_filter=requested
         )
+        outputs = common.classify_outputs(result.outputs, classes, labels)
         response = inference_pb2.ModelInferResponse(
             model_name=target.name, model_version=str(result.version.version), id=message.id
         )
-        as_raw = bool(raw) or any(common.datatype_of(v.dtype) not in _CONTENTS for v in result.outputs.values())
-        for name, value in result.outputs.items():
+        as_raw = bool(raw) or any(common.datatype_of(v.dtype) not in _CONTENTS for v in outputs.values())
+        for name, value in outputs.items():
             datatype = common.datatype_of(value.dtype)
             entry = response.outputs.add(name=name, datatype=datatype, shape=common.shape_of(value))
             if as_raw:

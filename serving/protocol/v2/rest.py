@@ -20,6 +20,10 @@ Binary tensor data (Triton's extension, `tritonclient.http`'s default): the requ
 are binary when their `parameters.binary_data` is true, or, for outputs that do not say, when the
 request's `parameters.binary_data_output` is true; the answer then carries the same header and the
 raw bytes after the JSON. A BYTES output that is not UTF-8 is sent binary, since JSON cannot hold it.
+
+Classification (Triton's extension, `tritonclient`'s `InferRequestedOutput(name, class_count=k)`): an
+output requested with `"parameters": {"classification": k}` is answered as BYTES [batch, min(k,
+classes)], "<value>:<index>[:<label>]" per class (see `common`), in JSON or binary like any output.
 """
 
 from __future__ import annotations
@@ -177,14 +181,18 @@ class V2RestApi:
             resolved = target.version_of(self.repository)
             signature = target.signature_of(self.dataplane, resolved)
             inputs = self._inputs(body.get("inputs"), binary, signature)
-            requested, binary_outputs = _requested_outputs(body.get("outputs"), parameters)
+            requested, binary_outputs, classes = _requested_outputs(body.get("outputs"), parameters)
+            for output in classes:
+                common.check_classification(signature, output)
+            labels = common.labels_of(resolved)
             result = await self.dataplane.predict(
                 target.model, inputs, version=resolved.version, signature=signature.name, output_filter=requested
             )
             request_id = body.get("id")
             if request_id is not None and not isinstance(request_id, str):
                 raise InvalidArgument('"id" must be a string')
-            return _infer_response(target.name, result.version.version, request_id, result.outputs, binary_outputs)
+            outputs = common.classify_outputs(result.outputs, classes, labels)
+            return _infer_response(target.name, result.version.version, request_id, outputs, binary_outputs)
 
     async def _parse(self, raw: bytes) -> dict[str, Any]:
         depth = self.limits.rest_max_json_depth
@@ -282,17 +290,21 @@ def _split_body(raw: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     return raw[:length], memoryview(raw)[length:]
 
 
-def _requested_outputs(raw: Any, parameters: Mapping[str, Any]) -> tuple[list[str], dict[str, bool]]:
-    """The requested output names, and which of them are binary (absent: all, by `binary_data_output`)."""
+def _requested_outputs(
+    raw: Any, parameters: Mapping[str, Any]
+) -> tuple[list[str], dict[str, bool], dict[str, int]]:
+    """The requested output names, which of them are binary (absent: all, by `binary_data_output`)
+    and the class count of those asked for as classifications."""
     default = parameters.get("binary_data_output", False)
     if not isinstance(default, bool):
         raise InvalidArgument("parameter 'binary_data_output' must be a boolean")
     if raw is None:
-        return [], {"*": default}
+        return [], {"*": default}, {}
     if not isinstance(raw, list):
         raise InvalidArgument('"outputs" must be a list of {"name": ...} objects')
     names: list[str] = []
     binary: dict[str, bool] = {"*": default}
+    classes: dict[str, int] = {}
     for entry in raw:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise InvalidArgument('every entry of "outputs" must be an object with a "name"')
@@ -300,14 +312,15 @@ def _requested_outputs(raw: Any, parameters: Mapping[str, Any]) -> tuple[list[st
         if name in binary and name != "*":
             raise InvalidArgument(f"output '{name}' is requested twice")
         output_parameters = _parameters(entry.get("parameters"), f"output '{name}' parameters")
-        if output_parameters.get("classification"):
-            raise InvalidArgument(f"output '{name}': the classification extension is not offered by this server")
+        count = common.classification_count(output_parameters, name)
+        if count:
+            classes[name] = count
         wanted = output_parameters.get("binary_data", default)
         if not isinstance(wanted, bool):
             raise InvalidArgument(f"output '{name}': binary_data must be a boolean")
         names.append(name)
         binary[name] = wanted
-    return names, binary
+    return names, binary, classes
 
 
 def _infer_response(
