@@ -6,6 +6,7 @@
     ml-client explain --model catdog photo.jpg -o overlay.png [--raw heatmap.npy]
     ml-client activations --model catdog photo.jpg --layer conv_pw_1 -o grid.png   # one layer's channels
     ml-client --rest --url http://localhost:8501 status --model digits
+    ml-client --protocol v2 predict --model digits seven.png   # the Open Inference Protocol (KServe V2)
     ml-client --token-file token.txt status --model digits   # a server started with --auth_token_file
     ml-client sample --model digits -o digit.png           # an MNIST test digit to try (no server needed)
 
@@ -42,6 +43,7 @@ from clients.retries import DEFAULT_RETRIES
 PROG = "ml-client"
 DEFAULT_SIGNATURE = "serving_default"
 TOKEN_ENV = "ML_CLIENT_TOKEN"
+PROTOCOLS = ("tfserving", "v2")
 EXPLAIN_SIGNATURE = "explain"
 ACTIVATIONS_SIGNATURE = "activations"
 TEXT_SUFFIXES = (".txt", ".text")
@@ -82,6 +84,12 @@ def _connection_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> Non
         action="store_true",
         default=default(False),
         help="use the REST API at --url instead of gRPC",
+    )
+    group.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default=default("tfserving"),
+        help="API to speak: TF Serving's (default) or the Open Inference Protocol (KServe V2, Triton)",
     )
     group.add_argument(
         "--url",
@@ -240,17 +248,20 @@ def resolve_token(args: argparse.Namespace, environ: Mapping[str, str] | None = 
 
 
 def make_client(args: argparse.Namespace, token: str | None = None) -> Client:
+    v2 = args.protocol == "v2"
     if args.rest:
         from clients.rest_client import RestClient
+        from clients.v2_client import V2RestClient
 
         if args.tls and not args.url.startswith("https://"):
             raise UsageError(f"--tls with --rest needs an https:// --url, got {args.url}")
-        return RestClient(
+        return (V2RestClient if v2 else RestClient)(
             args.url, timeout=args.timeout, root_certificates=args.ca, token=token, retries=args.retries
         )
     from clients.grpc_client import GrpcClient
+    from clients.v2_client import V2GrpcClient
 
-    return GrpcClient(
+    return (V2GrpcClient if v2 else GrpcClient)(
         args.target,
         tls=args.tls,
         root_certificates=args.ca,

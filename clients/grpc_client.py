@@ -116,6 +116,56 @@ def _failure(exc: grpc.RpcError) -> Exception:
     return RetryableError(error, delay)
 
 
+class GrpcChannel:
+    """One channel with the client's deadline, retry policy and bearer token; what every gRPC client
+    of this package (TF Serving's API here, the Open Inference Protocol in `clients.v2_client`) calls
+    through."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: bool = False,
+        root_certificates: bytes | str | os.PathLike[str] | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        token: str | None = None,
+        retries: int = DEFAULT_RETRIES,
+        backoff_seconds: float = DEFAULT_BACKOFF_S,
+        max_backoff_seconds: float = DEFAULT_MAX_BACKOFF_S,
+    ) -> None:
+        self.target = target
+        self.timeout = check_timeout(timeout)
+        self.retry_policy = RetryPolicy(retries, backoff_seconds, max_backoff_seconds)
+        self._metadata: tuple[tuple[str, str], ...] | None = (
+            ((GRPC_METADATA_KEY, authorization_value(token)),) if token is not None else None
+        )
+        options = channel_options(max_message_bytes)
+        if tls or root_certificates is not None:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read_root_certificates(root_certificates)
+            )
+            self.channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+
+    def call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        """One unary call with retries, all within `timeout` (default: the client's) seconds."""
+
+        def attempt(seconds_left: float) -> Any:
+            try:
+                return method(request, timeout=seconds_left, metadata=self._metadata)
+            except grpc.RpcError as exc:
+                raise _failure(exc) from exc
+
+        return run_with_retries(
+            attempt, self.retry_policy, deadline_after(self.timeout if timeout is None else timeout)
+        )
+
+    def close(self) -> None:
+        self.channel.close()
+
+
 class GrpcClient(Client):
     """Blocking gRPC client; one channel, thread-safe, reused for every call until `close()`."""
 
@@ -139,35 +189,25 @@ class GrpcClient(Client):
         UNAVAILABLE / RESOURCE_EXHAUSTED answer (0: none); `backoff_seconds` doubles per retry up to
         `max_backoff_seconds`, jittered.
         """
-        self.target = target
-        self.timeout = check_timeout(timeout)
-        self.retry_policy = RetryPolicy(retries, backoff_seconds, max_backoff_seconds)
-        self._metadata: tuple[tuple[str, str], ...] | None = (
-            ((GRPC_METADATA_KEY, authorization_value(token)),) if token is not None else None
+        self._grpc = GrpcChannel(
+            target,
+            tls=tls,
+            root_certificates=root_certificates,
+            timeout=timeout,
+            max_message_bytes=max_message_bytes,
+            token=token,
+            retries=retries,
+            backoff_seconds=backoff_seconds,
+            max_backoff_seconds=max_backoff_seconds,
         )
-        options = channel_options(max_message_bytes)
-        if tls or root_certificates is not None:
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=_read_root_certificates(root_certificates)
-            )
-            self._channel = grpc.secure_channel(target, credentials, options=options)
-        else:
-            self._channel = grpc.insecure_channel(target, options=options)
-        self._prediction = apis_pb2_grpc.PredictionServiceStub(self._channel)
-        self._models = apis_pb2_grpc.ModelServiceStub(self._channel)
+        self.target = target
+        self.timeout = self._grpc.timeout
+        self.retry_policy = self._grpc.retry_policy
+        self._prediction = apis_pb2_grpc.PredictionServiceStub(self._grpc.channel)
+        self._models = apis_pb2_grpc.ModelServiceStub(self._grpc.channel)
 
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
-        """One unary call with retries, all within `timeout` (default: the client's) seconds."""
-
-        def attempt(seconds_left: float) -> Any:
-            try:
-                return method(request, timeout=seconds_left, metadata=self._metadata)
-            except grpc.RpcError as exc:
-                raise _failure(exc) from exc
-
-        return run_with_retries(
-            attempt, self.retry_policy, deadline_after(self.timeout if timeout is None else timeout)
-        )
+        return self._grpc.call(method, request, timeout)
 
     def predict(
         self,
@@ -233,4 +273,4 @@ class GrpcClient(Client):
         return status_from_proto(self._call(self._models.GetModelStatus, request, timeout))
 
     def close(self) -> None:
-        self._channel.close()
+        self._grpc.close()

@@ -59,6 +59,7 @@ from serving.proto import apis_pb2
 DEFAULT_SIGNATURE = "serving_default"
 # Worth another attempt: too many requests now (429), or the model is not ready yet (503).
 RETRYABLE_STATUSES = frozenset({429, 503})
+_NO_RETRIES = RetryPolicy(0)
 
 
 def _json_value(name: str, value: Any) -> Any:
@@ -99,6 +100,128 @@ def _parse(message: Any, body: Any, what: str) -> Any:
         raise ClientError("INTERNAL", None, f"unreadable {what} response: {exc}") from exc
 
 
+class HttpTransport:
+    """One `requests.Session` (connection pooling, keep-alive) with the client's base URL, deadline,
+    retry policy and bearer token; what every HTTP client of this package (TF Serving's REST API
+    here, the Open Inference Protocol in `clients.v2_client`) sends through."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        root_certificates: str | os.PathLike[str] | None = None,
+        token: str | None = None,
+        retries: int = DEFAULT_RETRIES,
+        backoff_seconds: float = DEFAULT_BACKOFF_S,
+        max_backoff_seconds: float = DEFAULT_MAX_BACKOFF_S,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ClientError(
+                "INVALID_ARGUMENT", None, f"base URL must start with http:// or https://, got {base_url!r}"
+            )
+        self.timeout = check_timeout(timeout)
+        self.retry_policy = RetryPolicy(retries, backoff_seconds, max_backoff_seconds)
+        authorization = authorization_value(token) if token is not None else None
+        self.session = requests.Session()
+        # Passed with every request, not only set on the session: requests lets REQUESTS_CA_BUNDLE
+        # (set on many machines) override a session's `verify` (psf/requests#3829).
+        self._verify: str | bool = os.fspath(root_certificates) if root_certificates is not None else True
+        self.session.verify = self._verify
+        if authorization is not None:
+            self.session.headers[HTTP_HEADER] = authorization
+
+    def deadline(self, timeout: float | None) -> float:
+        return deadline_after(self.timeout if timeout is None else timeout)
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        json: Any = None,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        deadline: float,
+        retry: bool = True,
+        accept: tuple[int, ...] = (),
+    ) -> requests.Response:
+        """One request with retries until `deadline` (time.monotonic); the successful response.
+
+        An answer of 400 or more raises `ClientError` with the server's `{"error": ...}` message
+        (429 and 503 are retried first, after the server's `Retry-After`), unless its status is in
+        `accept`; `retry=False` makes one attempt.
+        """
+        started = time.monotonic()
+
+        def attempt(seconds_left: float) -> requests.Response:
+            return self._attempt(method, url, json, data, headers, accept, seconds_left, deadline - started)
+
+        return run_with_retries(attempt, self.retry_policy if retry else _NO_RETRIES, deadline)
+
+    def _attempt(
+        self,
+        method: str,
+        url: str,
+        json: Any,
+        data: bytes | None,
+        headers: Mapping[str, str] | None,
+        accept: tuple[int, ...],
+        seconds_left: float,
+        timeout: float,
+    ) -> requests.Response:
+        try:
+            # requests' timeout bounds connecting and each read, not the whole exchange.
+            response = self.session.request(
+                method, url, json=json, data=data, headers=headers, timeout=seconds_left, verify=self._verify
+            )
+        except requests.Timeout as exc:
+            raise ClientError(
+                "DEADLINE_EXCEEDED", None, f"no answer from {url} within {timeout:g} s"
+            ) from exc
+        except requests.ConnectionError as exc:
+            error = ClientError("UNAVAILABLE", None, f"cannot connect to {self.base_url}: {exc}")
+            if _is_transient(exc):
+                error.__cause__ = exc
+                raise RetryableError(error) from exc
+            raise error from exc
+        except requests.RequestException as exc:
+            raise ClientError("UNKNOWN", None, f"{method} {url} failed: {exc}") from exc
+        if response.status_code >= 400 and response.status_code not in accept:
+            try:
+                payload = response.json()
+            except ValueError:
+                payload = None
+            if isinstance(payload, dict) and isinstance(payload.get("error"), str):
+                message = payload["error"]
+            else:
+                message = response.text.strip()[:500] or response.reason or "no message"
+            error = ClientError.from_http(response.status_code, message)
+            if response.status_code in RETRYABLE_STATUSES:
+                raise RetryableError(error, parse_retry_after(response.headers.get(RETRY_AFTER_HEADER)))
+            raise error
+        return response
+
+    def request_json(self, method: str, url: str, body: Any = None, *, deadline: float) -> dict[str, Any]:
+        """`send` with a JSON body; the answer's JSON object."""
+        response = self.send(method, url, json=body, deadline=deadline)
+        return json_object(response, f"{method} {url}")
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def json_object(response: requests.Response, what: str) -> dict[str, Any]:
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        raise ClientError("INTERNAL", response.status_code, f"{what}: the answer is not a JSON object")
+    return payload
+
+
 class RestClient(Client):
     """Blocking HTTP client on one `requests.Session` (connection pooling, keep-alive)."""
 
@@ -117,21 +240,18 @@ class RestClient(Client):
 
         `timeout`, `token`, `retries`, `backoff_seconds`, `max_backoff_seconds`: as for `GrpcClient`.
         """
-        self.base_url = base_url.rstrip("/")
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ClientError(
-                "INVALID_ARGUMENT", None, f"base URL must start with http:// or https://, got {base_url!r}"
-            )
-        self.timeout = check_timeout(timeout)
-        self.retry_policy = RetryPolicy(retries, backoff_seconds, max_backoff_seconds)
-        authorization = authorization_value(token) if token is not None else None
-        self._session = requests.Session()
-        # Passed with every request, not only set on the session: requests lets REQUESTS_CA_BUNDLE
-        # (set on many machines) override a session's `verify` (psf/requests#3829).
-        self._verify: str | bool = os.fspath(root_certificates) if root_certificates is not None else True
-        self._session.verify = self._verify
-        if authorization is not None:
-            self._session.headers[HTTP_HEADER] = authorization
+        self._http = HttpTransport(
+            base_url,
+            timeout=timeout,
+            root_certificates=root_certificates,
+            token=token,
+            retries=retries,
+            backoff_seconds=backoff_seconds,
+            max_backoff_seconds=max_backoff_seconds,
+        )
+        self.base_url = self._http.base_url
+        self.timeout = self._http.timeout
+        self.retry_policy = self._http.retry_policy
         self._signatures: dict[tuple[str, int | None, str | None], dict[str, dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
@@ -147,51 +267,10 @@ class RestClient(Client):
         return url + suffix
 
     def _deadline(self, timeout: float | None) -> float:
-        return deadline_after(self.timeout if timeout is None else timeout)
+        return self._http.deadline(timeout)
 
     def _request(self, method: str, url: str, body: Any = None, *, deadline: float) -> Any:
-        """One request with retries until `deadline` (time.monotonic); the answer's JSON object."""
-        started = time.monotonic()
-
-        def attempt(seconds_left: float) -> Any:
-            return self._attempt(method, url, body, seconds_left, deadline - started)
-
-        return run_with_retries(attempt, self.retry_policy, deadline)
-
-    def _attempt(self, method: str, url: str, body: Any, seconds_left: float, timeout: float) -> Any:
-        try:
-            # requests' timeout bounds connecting and each read, not the whole exchange.
-            response = self._session.request(method, url, json=body, timeout=seconds_left, verify=self._verify)
-        except requests.Timeout as exc:
-            raise ClientError(
-                "DEADLINE_EXCEEDED", None, f"no answer from {url} within {timeout:g} s"
-            ) from exc
-        except requests.ConnectionError as exc:
-            error = ClientError("UNAVAILABLE", None, f"cannot connect to {self.base_url}: {exc}")
-            if _is_transient(exc):
-                error.__cause__ = exc
-                raise RetryableError(error) from exc
-            raise error from exc
-        except requests.RequestException as exc:
-            raise ClientError("UNKNOWN", None, f"{method} {url} failed: {exc}") from exc
-        try:
-            payload = response.json()
-        except ValueError:
-            payload = None
-        if response.status_code >= 400:
-            if isinstance(payload, dict) and isinstance(payload.get("error"), str):
-                message = payload["error"]
-            else:
-                message = response.text.strip()[:500] or response.reason or "no message"
-            error = ClientError.from_http(response.status_code, message)
-            if response.status_code in RETRYABLE_STATUSES:
-                raise RetryableError(error, parse_retry_after(response.headers.get(RETRY_AFTER_HEADER)))
-            raise error
-        if not isinstance(payload, dict):
-            raise ClientError(
-                "INTERNAL", response.status_code, f"{method} {url}: the answer is not a JSON object"
-            )
-        return payload
+        return self._http.request_json(method, url, body, deadline=deadline)
 
     # -- calls ---------------------------------------------------------------------------------
 
@@ -311,4 +390,4 @@ class RestClient(Client):
         return signatures[signature]
 
     def close(self) -> None:
-        self._session.close()
+        self._http.close()

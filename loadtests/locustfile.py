@@ -1,4 +1,9 @@
-"""Locust users for the model server: gRPC (`GrpcUser`) and REST (`RestUser`), real samples, every signature.
+"""Locust users for the model server, real samples, every signature, in both of its protocols:
+
+- TF Serving's API: `GrpcUser` (Predict) and `RestUser` (`/v1/models/<m>:predict`, JSON);
+- the Open Inference Protocol (KServe V2): `V2GrpcUser` (ModelInfer, raw tensors), `V2RestUser`
+  (`/v2/models/<m>/infer` with binary tensor data, `tritonclient.http`'s default) and
+  `V2RestJsonUser` (the same in JSON `data`).
 
     locust -f loadtests/locustfile.py --host http://127.0.0.1:8501            # web UI, both users
     locust -f loadtests/locustfile.py,loadtests/shapes.py --headless --shape step --p99-ms 200 \
@@ -6,8 +11,9 @@
 
 At test start each load-generating process asks the server which of `--models` it serves (status +
 metadata) and builds one weighted call per signature from real samples (`loadtests.workload`):
-explain signatures weigh 1, the others 3. Requests are named `<model>:<signature>`; gRPC requests
-have type `grpc`, REST ones `POST`. `--host` is the REST URL; the gRPC target defaults to the same
+explain signatures weigh 1, the others 3. Requests are named `<model>:<signature>`; their type says
+the user: `grpc`, `POST` (TF Serving's REST), `v2-grpc`, `v2-rest`, `v2-rest-json`. Name the users
+to run on the command line (`GrpcUser RestUser`); without names Locust runs all five. `--host` is the REST URL; the gRPC target defaults to the same
 host on port 8500 (`--grpc-target` to change it, e.g. `dns:///model-server-headless:8500`).
 Against a server with `--auth_token_file`, give the bearer token with `--token` / `$LOADTEST_TOKEN`
 or `--token-file` / `$LOADTEST_TOKEN_FILE`; both users send it on every request. Load users never
@@ -45,6 +51,13 @@ from clients.base import Client  # noqa: E402
 from clients.errors import ClientError  # noqa: E402
 from clients.grpc_client import GrpcClient  # noqa: E402
 from clients.rest_client import RestClient  # noqa: E402
+from clients.v2_client import (  # noqa: E402
+    HEADER_LENGTH,
+    SIGNATURE_PARAMETER,
+    V2GrpcClient,
+    decode_infer_answer,
+    encode_infer_body,
+)
 from loadtests.workload import DEFAULT_MODELS, Call, build_plan, default_data_dir, load_samples  # noqa: E402
 from serving import codec  # noqa: E402
 
@@ -225,19 +238,22 @@ def _payload_bytes(outputs: dict[str, np.ndarray]) -> int:
 class GrpcUser(User):
     """Calls Predict over one gRPC channel per user, through the project's client library."""
 
+    request_type = "grpc"
+
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
         self.rng = random.Random()
-        self.client: GrpcClient | None = None
+        self.client: Client | None = None
 
     def wait_time(self) -> float:
         return _think(self, self.rng)
 
-    def on_start(self) -> None:
+    def make_client(self) -> Client:
         # retries=0: a load test counts each refusal (429/503) instead of hiding it behind a retry.
-        self.client = GrpcClient(
-            Workload.grpc_target, timeout=REQUEST_TIMEOUT_S, token=Workload.token, retries=0
-        )
+        return GrpcClient(Workload.grpc_target, timeout=REQUEST_TIMEOUT_S, token=Workload.token, retries=0)
+
+    def on_start(self) -> None:
+        self.client = self.make_client()
 
     def on_stop(self) -> None:
         if self.client is not None:
@@ -259,7 +275,7 @@ class GrpcUser(User):
         except ClientError as exc:
             error = exc
         self.environment.events.request.fire(
-            request_type="grpc",
+            request_type=self.request_type,
             name=call.name,
             response_time=(time.perf_counter() - started) * 1000,
             response_length=length,
@@ -307,3 +323,66 @@ class RestUser(FastHttpUser):
                 except Exception:  # not JSON: connection error or a proxy's page
                     message = (response.text or "")[:200]
                 response.failure(f"HTTP {response.status_code}: {message}")
+
+
+class V2GrpcUser(GrpcUser):
+    """Calls the Open Inference Protocol's ModelInfer (raw tensor contents) through `V2GrpcClient`."""
+
+    request_type = "v2-grpc"
+
+    def make_client(self) -> Client:
+        return V2GrpcClient(Workload.grpc_target, timeout=REQUEST_TIMEOUT_S, token=Workload.token, retries=0)
+
+
+class V2RestUser(FastHttpUser):
+    """POSTs `/v2/models/<m>/infer` with binary tensor data (what `tritonclient.http` sends)."""
+
+    binary = True
+    request_type = "v2-rest"
+
+    def __init__(self, environment: Environment) -> None:
+        super().__init__(environment)
+        self.rng = random.Random()
+
+    def wait_time(self) -> float:
+        return _think(self, self.rng)
+
+    @task
+    def infer(self) -> None:
+        if not Workload.calls:
+            gevent.sleep(0.1)
+            return
+        call = Workload.choose(self.rng)
+        body, headers = encode_infer_body(
+            call.make_inputs(self.rng), binary=self.binary, parameters={SIGNATURE_PARAMETER: call.signature}
+        )
+        if Workload.token:
+            headers[HTTP_HEADER] = authorization_value(Workload.token)
+        with self.client.post(
+            f"/v2/models/{call.model}/infer",
+            data=body,  # type: ignore[arg-type]  # bytes go through as they are (typed str | dict)
+            headers=headers,
+            name=call.name,
+            catch_response=True,
+        ) as response:
+            response.request_meta["request_type"] = self.request_type  # the stats' type column, not "POST"
+            if response.status_code != 200:
+                try:
+                    message = response.json().get("error", "")
+                except Exception:  # not JSON: connection error or a proxy's page
+                    message = (response.text or "")[:200]
+                response.failure(f"HTTP {response.status_code}: {message}")
+                return
+            try:
+                decode_infer_answer(response.content or b"", response.headers.get(HEADER_LENGTH), 200)
+            except ClientError as exc:
+                response.failure(exc.message)
+                return
+            response.success()
+
+
+class V2RestJsonUser(V2RestUser):
+    """The same infer with tensors as JSON `data` (what a V2 client without the extension sends)."""
+
+    binary = False
+    request_type = "v2-rest-json"

@@ -41,7 +41,17 @@ from serving.launcher import LaunchError, ServerProcess, launch, write_model_con
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILES = "loadtests/locustfile.py,loadtests/shapes.py"
-USER_CLASSES = {"grpc": ["GrpcUser"], "rest": ["RestUser"], "both": ["GrpcUser", "RestUser"]}
+V2_USERS = ["V2GrpcUser", "V2RestUser", "V2RestJsonUser"]
+USER_CLASSES = {
+    "grpc": ["GrpcUser"],
+    "rest": ["RestUser"],
+    "both": ["GrpcUser", "RestUser"],  # TF Serving's API over both transports
+    "v2-grpc": ["V2GrpcUser"],
+    "v2-rest": ["V2RestUser"],
+    "v2-rest-json": ["V2RestJsonUser"],
+    "v2": V2_USERS,  # the Open Inference Protocol: gRPC, REST binary, REST JSON
+    "all": ["GrpcUser", "RestUser", *V2_USERS],
+}
 GRACE_S = 90  # beyond --duration: start-up, the final stop, report writing
 
 
@@ -96,7 +106,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--rest-url", default="", help="REST base URL (default http://<host>:8501)")
     parser.add_argument(
-        "--transport", choices=sorted(USER_CLASSES), default="both", help="which users to run (default both)"
+        "--transport", choices=sorted(USER_CLASSES), default="both", help="which users to run: TF Serving's API (grpc, rest, both: the default), the Open Inference Protocol "
+        "(v2-grpc, v2-rest binary, v2-rest-json, v2: the three) or all five"
     )
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="models to load if served")
     parser.add_argument(

@@ -3,7 +3,8 @@
 Contenders, each alone on the machine in turn, each serving the same digits ONNX file with ONNX
 Runtime on one intra-op thread (by default):
 
-1. this server (`serving.launcher.launch`), batching off, then on (`batch_timeout_micros` 0);
+1. this server (`serving.launcher.launch`), batching off, then on (`batch_timeout_micros` 0), over
+   TF Serving's Predict and then over the Open Inference Protocol's ModelInfer (the body KServe gets);
 2. KServe 0.21 `ModelServer` with a minimal `kserve.Model` (`kserve_model.py`), in its own venv
    (`.bench/kserve-venv`, created on first use), over V2 gRPC `ModelInfer` with raw tensor bytes;
 3. the minimal grpc.aio `Predict` floor (`minimal_grpc.py`);
@@ -233,17 +234,25 @@ def start_this_server(
     base: Path,
     batching: bool,
     bodies: dict[int, bytes],
+    v2: bool = False,
 ) -> Contender:
+    """This server, called through TF Serving's Predict or (`v2`) the Open Inference Protocol's ModelInfer."""
     from loadtests.bench import run_server
 
-    log = folder / f"server-batching-{'on' if batching else 'off'}.log"
+    log = folder / f"server-batching-{'on' if batching else 'off'}{'-v2' if v2 else ''}.log"
     server, target, _ = run_server(
         "digits", base, batching, config.threads, log, config.batch_timeout_micros, config.workers
     )
     stack.callback(server.stop)
-    name = f"this server, batching {'on' if batching else 'off'}"
+    name = this_server_name(batching, v2)
     pid = server.process.pid
+    if v2:
+        return Contender(name, pid, target, wire.MODEL_INFER_METHOD, bodies, wire.model_infer_probabilities)
     return Contender(name, pid, target, wire.PREDICT_METHOD, bodies, wire.predict_probabilities)
+
+
+def this_server_name(batching: bool, v2: bool) -> str:
+    return f"this server{' V2 ModelInfer' if v2 else ''}, batching {'on' if batching else 'off'}"
 
 
 def start_minimal(
@@ -533,13 +542,19 @@ def run_peers(config: PeersConfig) -> int:
                 print(f"    FAILED: {failures[name]}", flush=True)
 
     with _stopping_on_sigterm():
-        for batching in (False, True):
-            contend(
-                f"this server, batching {'on' if batching else 'off'}",
-                functools.partial(
-                    start_this_server, config=config, base=base, batching=batching, bodies=predict_bodies
-                ),
-            )
+        for v2 in (False, True):
+            for batching in (False, True):
+                contend(
+                    this_server_name(batching, v2),
+                    functools.partial(
+                        start_this_server,
+                        config=config,
+                        base=base,
+                        batching=batching,
+                        bodies=infer_bodies if v2 else predict_bodies,
+                        v2=v2,
+                    ),
+                )
         contend(
             KSERVE,
             functools.partial(

@@ -177,7 +177,7 @@ def test_locust_users_send_the_token(
         [sys.executable, "-m", "locust", "-f", "loadtests/locustfile.py", "--headless", "-u", "2", "-r", "2",
          "-t", "20s", "--host", http.url, "--grpc-target", target, "--models", "digits",
          "--data-dir", str(write_data_dir(tmp_path / "data")), "--think-ms", "0", "--max-requests", "20",
-         "--only-summary", "--loglevel", "WARNING"],
+         "--only-summary", "--loglevel", "WARNING", "GrpcUser", "RestUser"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr

@@ -1,4 +1,8 @@
-"""GrpcClient and RestClient against a real server: same answers, same errors, method for method."""
+"""The four clients against a real server: same answers, same errors, method for method.
+
+`GrpcClient` and `RestClient` speak TF Serving's API; `V2GrpcClient` and `V2RestClient` (binary
+tensor data, and JSON) the Open Inference Protocol, to the same process.
+"""
 
 from __future__ import annotations
 
@@ -13,29 +17,37 @@ from clients.base import Client, ModelStatus
 from clients.errors import ClientError, code_for_http_status
 from clients.grpc_client import GrpcClient
 from clients.rest_client import RestClient
+from clients.v2_client import V2GrpcClient, V2RestClient
 from tests.serving.fixtures import ServerProcess, reference_probabilities
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(params=["grpc", "rest"])
+KINDS = ("grpc", "rest", "v2-grpc", "v2-rest", "v2-rest-json")
+
+
+def make_client(kind: str, server: ServerProcess) -> Client:
+    return {
+        "grpc": lambda: GrpcClient(server.grpc_target, timeout=10),
+        "rest": lambda: RestClient(server.rest_url, timeout=10),
+        "v2-grpc": lambda: V2GrpcClient(server.grpc_target, timeout=10),
+        "v2-rest": lambda: V2RestClient(server.rest_url, timeout=10),
+        "v2-rest-json": lambda: V2RestClient(server.rest_url, binary=False, timeout=10),
+    }[kind]()
+
+
+@pytest.fixture(params=KINDS)
 def client(request: pytest.FixtureRequest, server: ServerProcess) -> Iterator[Client]:
-    made: Client = (
-        GrpcClient(server.grpc_target, timeout=10)
-        if request.param == "grpc"
-        else RestClient(server.rest_url, timeout=10)
-    )
-    with made:
+    with make_client(request.param, server) as made:
         yield made
 
 
 @pytest.fixture
-def both(server: ServerProcess) -> Iterator[tuple[Client, Client]]:
-    with (
-        GrpcClient(server.grpc_target, timeout=10) as grpc_client,
-        RestClient(server.rest_url, timeout=10) as rest_client,
-    ):
-        yield grpc_client, rest_client
+def every(server: ServerProcess) -> Iterator[list[Client]]:
+    clients = [make_client(kind, server) for kind in KINDS]
+    yield clients
+    for made in clients:
+        made.close()
 
 
 def _images(count: int, seed: int = 0) -> np.ndarray:
@@ -55,37 +67,38 @@ def test_predict_matches_the_model(client: Client, models_dir: Path) -> None:
     )
 
 
-def test_both_transports_give_the_same_answers(both: tuple[Client, Client], red_jpeg: Path) -> None:
-    grpc_client, rest_client = both
+def test_every_client_gives_the_same_answers(every: list[Client], red_jpeg: Path) -> None:
     images = _images(2, seed=5)
-    np.testing.assert_array_equal(
-        grpc_client.predict("digits", {"image": images})["probabilities"],
-        rest_client.predict("digits", {"image": images})["probabilities"],
-    )
-    assert grpc_client.classify("digits", [{"image": images[0]}]) == rest_client.classify(
-        "digits", [{"image": images[0]}]
-    )
-    assert grpc_client.metadata("catdog") == rest_client.metadata("catdog")
-    assert grpc_client.status("digits") == rest_client.status("digits") == [ModelStatus(1, "AVAILABLE", None)]
+    first, *others = [c.predict("digits", {"image": images})["probabilities"] for c in every]
+    for other in others:
+        np.testing.assert_array_equal(first, other)
+    classes = [c.classify("digits", [{"image": images[0]}, {"image": images[1]}]) for c in every]
+    for other in classes[1:]:
+        assert [[label for label, _ in row] for row in other] == [[label for label, _ in row] for row in classes[0]]
+        np.testing.assert_allclose([[s for _, s in row] for row in other], [[s for _, s in row] for row in classes[0]], atol=1e-6)
+    metadata = [c.metadata("catdog") for c in every]
+    assert all(m == metadata[0] for m in metadata), metadata
+    assert all(c.status("digits") == [ModelStatus(1, "AVAILABLE", None)] for c in every)
 
     texts = ["great fun", "dull, awful and bad"]
-    from_grpc = grpc_client.predict("sentiment", {"text": texts})
-    from_rest = rest_client.predict("sentiment", {"text": texts})
-    np.testing.assert_array_equal(from_grpc["probabilities"], from_rest["probabilities"])
-    assert from_grpc["probabilities"].argmax(axis=1).tolist() == [1, 0]
+    first, *others = [c.predict("sentiment", {"text": texts})["probabilities"] for c in every]
+    for other in others:
+        np.testing.assert_array_equal(first, other)
+    assert first.argmax(axis=1).tolist() == [1, 0]
 
     photo = np.array([red_jpeg.read_bytes()], dtype=object)  # [1] encoded JPEG
-    explained = [c.predict("catdog", {"image_bytes": photo}, signature="explain") for c in both]
+    explained = [c.predict("catdog", {"image_bytes": photo}, signature="explain") for c in every]
     for outputs in explained:
         assert sorted(outputs) == ["heatmap", "probabilities"]
         assert outputs["heatmap"].dtype == np.float32 and outputs["heatmap"].shape == (1, 4, 4)
         assert outputs["heatmap"].min() >= 0.0 and outputs["heatmap"].max() <= 1.0
-    np.testing.assert_array_equal(explained[0]["heatmap"], explained[1]["heatmap"])
+    for outputs in explained[1:]:
+        np.testing.assert_array_equal(explained[0]["heatmap"], outputs["heatmap"])
     filtered = [
         c.predict("catdog", {"image_bytes": photo}, signature="explain", output_filter=["heatmap"])
-        for c in both
+        for c in every
     ]
-    assert [list(f) for f in filtered] == [["heatmap"], ["heatmap"]]
+    assert [list(f) for f in filtered] == [["heatmap"]] * len(every)
 
 
 def test_classify_returns_server_labels(client: Client, red_jpeg: Path) -> None:
@@ -134,7 +147,7 @@ def test_server_errors_become_one_exception(
 ) -> None:
     with pytest.raises(ClientError) as raised:
         call(client)
-    if isinstance(client, RestClient):
+    if isinstance(client, RestClient | V2RestClient):
         # HTTP carries only the status: 400 reads back as INVALID_ARGUMENT, whichever code made it.
         code = code_for_http_status(http_status)
     assert (raised.value.code, raised.value.http_status) == (code, http_status)
@@ -161,6 +174,8 @@ def test_unreachable_server_is_unavailable() -> None:
     for client in (
         GrpcClient(f"127.0.0.1:{port}", timeout=2),
         RestClient(f"http://127.0.0.1:{port}", timeout=2),
+        V2GrpcClient(f"127.0.0.1:{port}", timeout=2),
+        V2RestClient(f"http://127.0.0.1:{port}", timeout=2),
     ):
         with client, pytest.raises(ClientError) as raised:
             client.status("digits")

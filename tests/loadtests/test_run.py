@@ -17,12 +17,12 @@ from tests.serving.fixtures import REPO_ROOT, write_tiny_version
 
 @pytest.mark.slow
 def test_smoke_run_against_the_tiny_server(tmp_path: Path) -> None:
-    """~15 s: start a server on 127.0.0.1, run both users for 8 s, read the reports."""
+    """~15 s: start a server on 127.0.0.1, run all five users (both protocols) for 8 s, read the reports."""
     write_tiny_version(tmp_path / "models" / "digits", 1)
     out = tmp_path / "report"
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "loadtests.run", "--duration", "8", "--users", "4", "--p99-ms", "2000",
+        [sys.executable, "-m", "loadtests.run", "--duration", "8", "--users", "5", "--p99-ms", "2000", "--transport", "all",
          "--start-server", "--models-dir", str(tmp_path / "models"), "--data-dir", str(write_data_dir(tmp_path / "data")),
          "--out", str(out)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
@@ -34,7 +34,9 @@ def test_smoke_run_against_the_tiny_server(tmp_path: Path) -> None:
     assert "absent" not in done.stdout and "catdog: not served, skipped" in done.stdout
     summary = json.loads((out / "summary.json").read_text())
     rows = {(e["type"], e["name"]): e for e in summary["entries"]}
-    assert set(rows) == {("grpc", "digits:serving_default"), ("POST", "digits:serving_default")}
+    assert set(rows) == {
+        (kind, "digits:serving_default") for kind in ("grpc", "POST", "v2-grpc", "v2-rest", "v2-rest-json")
+    }
     for row in rows.values():
         assert row["requests"] > 10 and row["failures"] == 0
         assert 0 < row["p50_ms"] <= row["p99_ms"] < 2000

@@ -198,9 +198,14 @@ def test_health_and_metadata(triton: dict[str, Any]) -> None:
         "platform": "onnxruntime_onnx",
         "inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, 28, 28, 1]}],
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}],
+        "properties": {"signatures": "serving_default", "signature": "serving_default", "version": "1"},
     }
     # gRPC's JSON writes int64 as strings; otherwise the same answer.
     grpc_digits = digits["grpc"]
+    explain = triton["model_metadata"]["catdog.predict_image_bytes"]["http"]["properties"]
+    assert explain["signature"] == "predict_image_bytes" and "explain" in explain["signatures"].split(",")
+    # Triton's proto has no `properties` (the spec's field 6): tritonclient.grpc drops it unseen;
+    # the project's V2GrpcClient reads it (tests/clients/test_clients.py).
     assert grpc_digits["inputs"] == [{"name": "image", "datatype": "FP32", "shape": ["-1", "28", "28", "1"]}]
     assert (grpc_digits["name"], grpc_digits["platform"], grpc_digits["versions"]) == ("digits", "onnxruntime_onnx", ["1"])
     image_bytes = triton["model_metadata"]["catdog.predict_image_bytes"]["http"]

@@ -111,6 +111,17 @@ def tensor_metadata(tensors: Mapping[str, TensorMeta]) -> list[tuple[str, str, l
     return described
 
 
+def model_properties(resolved: ModelVersion, signature: Signature) -> dict[str, str]:
+    """What model metadata adds in its `properties` map (a V2 client can list the other signatures
+    from it): `signatures`, every signature's name, comma-separated; `signature`, the one described;
+    `version`, the TF Serving version it resolved to (from a label or "")."""
+    return {
+        "signatures": ",".join(sorted(resolved.signatures())),
+        "signature": signature.name,
+        "version": str(resolved.version),
+    }
+
+
 def server_ready(services: Services) -> bool:
     """The readiness of grpc.health.v1 service "": every model AVAILABLE (every worker's) and not draining."""
     status = services.health._server_status.get("")  # set by `RunningServer.refresh_health`

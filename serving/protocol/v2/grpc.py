@@ -164,6 +164,7 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer, tf_grpc.
             outputs=[
                 TensorMetadata(name=n, datatype=d, shape=s) for n, d, s in common.tensor_metadata(signature.outputs)
             ],
+            properties=common.model_properties(resolved, signature),
         )
 
     @rpc("v2_infer", _named(inference_pb2.ModelInferRequest, "model_name", "model_version"))

@@ -157,6 +157,7 @@ class V2RestApi:
                     "platform": common.platform_of(resolved),
                     "inputs": _tensors(signature.inputs),
                     "outputs": _tensors(signature.outputs),
+                    "properties": common.model_properties(resolved, signature),
                 }
             )
 
