@@ -38,7 +38,7 @@ import numpy as np
 from serving.backends.base import BackendOptions, Signature, TensorMeta
 from serving.backends.gpu_memory import with_memory_limit
 from serving.backends.providers import check_session_providers, choose_providers
-from serving.codec import dtype_from_name
+from serving.codec import STRING, dtype_from_name
 from serving.errors import InvalidArgument
 from serving.manifest import (
     MANIFEST_FILE,
@@ -130,6 +130,26 @@ def graph_manifest(version_dir: Path, session: Any) -> Manifest:
         labels=(),
         signatures={"serving_default": signature},
     )
+
+
+def _ort_strings(name: str, value: np.ndarray) -> np.ndarray:
+    """A string input (object array of `bytes`) as ONNX Runtime's Python API takes it: `str`
+    elements, which it writes as UTF-8 (it would write a `bytes` element as its repr, "b'...'")."""
+    flat = np.empty(value.size, dtype=STRING)
+    try:
+        flat[:] = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in value.reshape(-1)]
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument(
+            f"input '{name}': ONNX Runtime takes strings as UTF-8 text; byte {exc.start} of an element is not UTF-8"
+        ) from None
+    return flat.reshape(value.shape)
+
+
+def _served_strings(value: np.ndarray) -> np.ndarray:
+    """A string output of ONNX Runtime (`str` elements) as the server's object array of `bytes`."""
+    flat = np.empty(value.size, dtype=STRING)
+    flat[:] = [v.encode("utf-8") if isinstance(v, str) else v for v in value.reshape(-1)]
+    return flat.reshape(value.shape)
 
 
 @functools.cache
@@ -269,7 +289,10 @@ class OnnxBackend:
             results = self._explainers[signature](inputs)
             return {name: results[name] for name in (outputs or binding.outputs)}
         session = self._sessions[binding.onnx.file]
-        feed = {binding.onnx.inputs[name]: value for name, value in inputs.items()}
+        feed = {
+            binding.onnx.inputs[name]: _ort_strings(name, value) if value.dtype == STRING else value
+            for name, value in inputs.items()
+        }
         wanted = list(outputs) if outputs is not None else list(binding.onnx.outputs)
         try:
             results = session.run([binding.onnx.outputs[name] for name in wanted], feed)
@@ -279,7 +302,10 @@ class OnnxBackend:
             # INVALID_ARGUMENT through. Engine faults (RuntimeException, EPFail...) stay INTERNAL.
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise InvalidArgument(f"the model cannot run on this input: {message}") from exc
-        return dict(zip(wanted, results, strict=True))
+        return {
+            name: _served_strings(result) if result.dtype == STRING else result
+            for name, result in zip(wanted, results, strict=True)
+        }
 
     def close(self) -> None:
         self._sessions.clear()

@@ -77,6 +77,23 @@ def write_bare_onnx(version_dir: Path) -> None:
     onnx.save(model, version_dir / "model.onnx")
 
 
+def write_bare_string_onnx(version_dir: Path) -> None:
+    """A graph on strings: `text` string [batch] -> `same` string [batch] (Identity; ONNX's string ops
+    that change text, such as StringNormalizer, need OS locales this test cannot count on)."""
+    node = helper.make_node("Identity", ["text"], ["same"])
+    graph = helper.make_graph(
+        [node],
+        "strings",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch"])],
+        [helper.make_tensor_value_info("same", TensorProto.STRING, ["batch"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    version_dir.mkdir(parents=True)
+    onnx.save(model, version_dir / "model.onnx")
+
+
 def write_bare_saved_model(version_dir: Path) -> None:
     """`tf.saved_model.save` of a tf.Module: x float [N,3] -> y = x @ W + b, float [N,2]."""
     import tensorflow as tf
@@ -136,7 +153,8 @@ def version_status(server: ServerProcess, model: str, state: int, timeout: float
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("byom-models")
     write_bare_onnx(root / "bare" / "1")
-    found = {"bare": root / "bare"}
+    write_bare_string_onnx(root / "strings" / "1")
+    found = {"bare": root / "bare", "strings": root / "strings"}
     if HAS_TENSORFLOW:
         write_bare_saved_model(root / "affine" / "1")
         found["affine"] = root / "affine"
@@ -213,6 +231,25 @@ def test_bare_onnx_predicts_over_rest_and_grpc(server: ServerProcess) -> None:
 
     status, body = rest(server, "/v1/models/bare:predict", {"inputs": {"input.1": [[1, 2, 3]]}})
     assert status == 400, body  # the graph's shape [-1, 4] is enforced before the engine
+
+
+def test_bare_onnx_strings_travel_as_utf8_bytes(server: ServerProcess) -> None:
+    """ONNX Runtime's Python API writes a `bytes` element as its repr; the backend hands it text and
+    gives the server bytes back, so strings arrive as sent (and bytes that are not UTF-8 are a 400)."""
+    texts = np.array([b"caf\xc3\xa9 ok", b""], dtype=object)
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = apis_pb2_grpc.PredictionServiceStub(channel)
+        request = apis_pb2.PredictRequest()
+        request.model_spec.name = "strings"
+        request.inputs["text"].CopyFrom(codec.from_numpy(texts))
+        same = codec.to_numpy(stub.Predict(request, timeout=10).outputs["same"])
+        assert same.tolist() == texts.tolist()  # before: [b"b'caf\\xc3\\xa9 ok'", b"b''"]
+        request.inputs["text"].CopyFrom(codec.from_numpy(np.array([b"\xff\xfe"], dtype=object)))
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.Predict(request, timeout=10)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "UTF-8" in (raised.value.details() or "")
+    status, body = rest(server, "/v1/models/strings:predict", {"instances": ["mixed Case é"]})
+    assert (status, body) == (200, {"predictions": ["mixed Case é"]})
 
 
 @pytest.mark.skipif(not HAS_TENSORFLOW, reason="the tf extra is not installed")
