@@ -576,6 +576,7 @@ def run_peers(config: PeersConfig) -> int:
         "ORT row: this process's CPU. Ratios: >1x means more images/s, or more CPU per request."
     )
     if config.json_path:
+        config.json_path.parent.mkdir(parents=True, exist_ok=True)
         config.json_path.write_text(
             json.dumps(
                 {
