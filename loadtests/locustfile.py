@@ -284,8 +284,10 @@ class GrpcUser(User):
         )
 
 
-class RestUser(FastHttpUser):
-    """POSTs TF Serving's REST predict (`{"inputs": ...}`, `{"b64": ...}` for bytes) with FastHttpUser."""
+class _HttpUser(FastHttpUser):
+    """What the REST users share: their random source, think time and failure report."""
+
+    abstract = True  # not a user Locust runs by itself
 
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
@@ -293,6 +295,19 @@ class RestUser(FastHttpUser):
 
     def wait_time(self) -> float:
         return _think(self, self.rng)
+
+
+def _report_failure(response: Any) -> None:
+    """Mark a non-200 answer failed, with the server's `{"error": ...}` message when it sent one."""
+    try:
+        message = response.json().get("error", "")
+    except Exception:  # not JSON: connection error or a proxy's page
+        message = (response.text or "")[:200]
+    response.failure(f"HTTP {response.status_code}: {message}")
+
+
+class RestUser(_HttpUser):
+    """POSTs TF Serving's REST predict (`{"inputs": ...}`, `{"b64": ...}` for bytes) with FastHttpUser."""
 
     @task
     def predict(self) -> None:
@@ -318,11 +333,7 @@ class RestUser(FastHttpUser):
             if response.status_code == 200:
                 response.success()
             else:
-                try:
-                    message = response.json().get("error", "")
-                except Exception:  # not JSON: connection error or a proxy's page
-                    message = (response.text or "")[:200]
-                response.failure(f"HTTP {response.status_code}: {message}")
+                _report_failure(response)
 
 
 class V2GrpcUser(GrpcUser):
@@ -334,18 +345,11 @@ class V2GrpcUser(GrpcUser):
         return V2GrpcClient(Workload.grpc_target, timeout=REQUEST_TIMEOUT_S, token=Workload.token, retries=0)
 
 
-class V2RestUser(FastHttpUser):
+class V2RestUser(_HttpUser):
     """POSTs `/v2/models/<m>/infer` with binary tensor data (what `tritonclient.http` sends)."""
 
     binary = True
     request_type = "v2-rest"
-
-    def __init__(self, environment: Environment) -> None:
-        super().__init__(environment)
-        self.rng = random.Random()
-
-    def wait_time(self) -> float:
-        return _think(self, self.rng)
 
     @task
     def infer(self) -> None:
@@ -367,11 +371,7 @@ class V2RestUser(FastHttpUser):
         ) as response:
             response.request_meta["request_type"] = self.request_type  # the stats' type column, not "POST"
             if response.status_code != 200:
-                try:
-                    message = response.json().get("error", "")
-                except Exception:  # not JSON: connection error or a proxy's page
-                    message = (response.text or "")[:200]
-                response.failure(f"HTTP {response.status_code}: {message}")
+                _report_failure(response)
                 return
             try:
                 decode_infer_answer(response.content or b"", response.headers.get(HEADER_LENGTH), 200)

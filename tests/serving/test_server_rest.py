@@ -229,14 +229,16 @@ def test_integers_past_64_bits_read_as_floats(server: ServerProcess, repo: Path)
     np.testing.assert_allclose(body["predictions"], expected, atol=1e-5)
 
 
-def test_answers_are_utf8_json(server: ServerProcess) -> None:
+def test_answers_are_json_typed_as_tf_serving_types_them(server: ServerProcess) -> None:
+    """`Content-Type: application/json` exactly (no charset: JSON is UTF-8, RFC 8259), as TF Serving,
+    Triton and KServe answer; KServe's SDK reads error messages only under that exact type."""
     status, headers, body = call_with_headers(
         server, "/v1/models/tiny:predict", {"instances": pixels(2).tolist()}
     )
-    assert status == 200 and headers["Content-Type"] == "application/json; charset=utf-8"
+    assert status == 200 and headers["Content-Type"] == "application/json"
     assert np.asarray(body["predictions"]).shape == (2, 10)
     status, headers, body = call_with_headers(server, "/v1/models/ghost")
-    assert status == 404 and headers["Content-Type"] == "application/json; charset=utf-8"
+    assert status == 404 and headers["Content-Type"] == "application/json"
 
 
 def test_wrong_methods_are_405_with_allow(server: ServerProcess) -> None:

@@ -96,9 +96,9 @@ def _json_response(
         # What orjson refuses and json writes: strings with lone surrogates, numpy types orjson
         # does not know. Neither comes from a request orjson parsed; this is a safety net.
         body = json.dumps(payload, default=_plain).encode()
-    return web.Response(
-        body=body, status=status, headers=headers, content_type="application/json", charset="utf-8"
-    )
+    # Plain `application/json`, as TF Serving, Triton and KServe answer (JSON is UTF-8 and its media
+    # type defines no charset parameter, RFC 8259): clients such as KServe's SDK compare it exactly.
+    return web.Response(body=body, status=status, headers=headers, content_type="application/json")
 
 
 def _plain(value: Any) -> Any:

@@ -63,8 +63,7 @@ def _json(payload: Any, status: int = 200) -> web.Response:
     return web.Response(
         body=orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
         status=status,
-        content_type="application/json",
-        charset="utf-8",
+        content_type="application/json",  # no charset, as `serving.protocol.rest.app` says why
     )
 
 
@@ -361,7 +360,7 @@ def _infer_response(
     # NaN and infinities: Python's json writes them as NaN/Infinity (orjson would write null).
     header = orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY) if finite else json.dumps(answer).encode()
     if not chunks:
-        return web.Response(body=header, content_type="application/json", charset="utf-8")
+        return web.Response(body=header, content_type="application/json")
     return web.Response(
         body=b"".join([header, *chunks]),
         headers={HEADER_LENGTH: str(len(header))},
