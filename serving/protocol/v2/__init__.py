@@ -3,5 +3,6 @@
 `rest.py` serves `/v2/...` on the REST port (JSON and the binary tensor data extension), `grpc.py`
 `inference.GRPCInferenceService` on the gRPC port, both built from `serving.protocol.Services`, so
 auth, admission, limits, errors and metrics are the ones TF Serving's API uses. `common.py` holds
-what they share (datatypes, names, tensors), `repository.py` the model repository extension.
+what they share (datatypes, names, tensors, the classification extension, model metadata
+properties), `repository.py` the model repository extension. The clients are `clients.v2_client`.
 """
