@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import gc
 import itertools
 import math
@@ -52,6 +53,8 @@ _NUMPY_OF: dict[int, np.dtype] = {
     tensor_pb2.DT_STRING: STRING,
 }
 _DTYPE_OF: dict[np.dtype, int] = {v: k for k, v in _NUMPY_OF.items()}
+# What tensor_content holds for each numeric DataType: its little-endian bytes.
+_CONTENT_DTYPES: dict[int, np.dtype] = {k: v.newbyteorder("<") for k, v in _NUMPY_OF.items() if v != STRING}
 
 # Which repeated field carries each dtype when tensor_content is empty.
 _VALUE_FIELD: dict[int, str] = {
@@ -132,6 +135,17 @@ def _shape_of(proto: tensor_pb2.TensorProto, name: str) -> tuple[int, ...]:
 
 def to_numpy(proto: tensor_pb2.TensorProto, name: str = "tensor", max_bytes: int = 1 << 30) -> np.ndarray:
     """Decode a TensorProto; raises InvalidArgument for anything malformed or larger than max_bytes."""
+    content = proto.tensor_content
+    if content:
+        # The hot path (numeric tensors in tensor_content): every dim positive and the byte count
+        # exact, checked with the fewest Python steps; anything else takes the general path below.
+        dtype = _CONTENT_DTYPES.get(proto.dtype)
+        shape = tuple([d.size for d in proto.tensor_shape.dim])
+        if dtype is not None and shape and min(shape) > 0 and len(shape) <= MAX_RANK and not proto.tensor_shape.unknown_rank:
+            expected = math.prod(shape) * dtype.itemsize
+            if expected == len(content) and expected <= max_bytes:
+                # frombuffer gives a read-only view of the message's bytes: no copy.
+                return np.frombuffer(content, dtype=dtype).reshape(shape)
     dtype = numpy_dtype(proto.dtype)
     shape = _shape_of(proto, name)
     count = check_shape(shape, 8 if dtype == STRING else dtype.itemsize, max_bytes, name)
@@ -194,7 +208,17 @@ def from_numpy(
     instead of building a copy.
     """
     proto = tensor_pb2.TensorProto() if proto is None else proto
-    if array.dtype.kind in "US":
+    kind = array.dtype.kind
+    if kind in "fciub" and array.dtype != np.float16 and (tensor_content or kind in "fc"):
+        # The hot path: dtype and shape as their cached wire bytes, then the little-endian values
+        # as one length-delimited field (tensor_content, or the packed float/double/complex field),
+        # merged in one parse.
+        code = data_type(array.dtype)
+        payload = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+        tag = _PACKED_TAG["tensor_content" if tensor_content else _VALUE_FIELD[code]]
+        proto.MergeFromString(_header(code, array.shape) + tag + _varint(len(payload)) + payload)
+        return proto
+    if kind in "US":
         array = array.astype(STRING)
     proto.dtype = data_type(array.dtype)  # type: ignore[assignment]
     proto.tensor_shape.dim.extend(tensor_pb2.TensorShapeProto.Dim(size=int(d)) for d in array.shape)
@@ -205,6 +229,14 @@ def from_numpy(
     else:
         _fill_value_field(array, proto)
     return proto
+
+
+@functools.lru_cache(maxsize=4096)
+def _header(code: int, shape: tuple[int, ...]) -> bytes:
+    """A TensorProto's `dtype` and `tensor_shape` fields, serialized."""
+    header = tensor_pb2.TensorProto(dtype=code)  # type: ignore[arg-type]
+    header.tensor_shape.dim.extend(tensor_pb2.TensorShapeProto.Dim(size=int(d)) for d in shape)
+    return header.SerializeToString()
 
 
 def _fill_value_field(array: np.ndarray, proto: tensor_pb2.TensorProto) -> None:

@@ -45,25 +45,12 @@ def validate_inputs(
     """Raise InvalidArgument unless `inputs` is exactly what `signature` takes, within `limits`;
     returns the number of rows."""
     limits = limits or Limits()
-    given = set(inputs)
-    expected = set(signature.inputs)
-    for alternative, replaced in signature.alternatives.items():
-        if alternative in given:
-            expected = (expected - {replaced}) | {alternative}
-    if not given:
+    if not inputs:
         raise InvalidArgument(
             f"request has no inputs; signature '{signature.name}' takes {_describe(signature)}"
         )
-    unknown, missing = sorted(given - expected), sorted(expected - given)
-    if unknown or missing:
-        parts = []
-        if unknown:
-            parts.append(f"unknown input(s) {unknown}")
-        if missing:
-            parts.append(f"missing input(s) {missing}")
-        raise InvalidArgument(
-            f"{'; '.join(parts)}: signature '{signature.name}' takes {_describe(signature)}"
-        )
+    if inputs.keys() != signature.inputs.keys():  # (exactly the signature's inputs: nothing to check)
+        _check_names(signature, set(inputs))
 
     batch: int | None = None
     for name, value in inputs.items():
@@ -80,6 +67,24 @@ def validate_inputs(
             f"(--max_request_rows): split it"
         )
     return batch
+
+
+def _check_names(signature: Signature, given: set[str]) -> None:
+    """InvalidArgument naming the unknown and missing inputs (an alternative may replace its input)."""
+    expected = set(signature.inputs)
+    for alternative, replaced in signature.alternatives.items():
+        if alternative in given:
+            expected = (expected - {replaced}) | {alternative}
+    unknown, missing = sorted(given - expected), sorted(expected - given)
+    if unknown or missing:
+        parts = []
+        if unknown:
+            parts.append(f"unknown input(s) {unknown}")
+        if missing:
+            parts.append(f"missing input(s) {missing}")
+        raise InvalidArgument(
+            f"{'; '.join(parts)}: signature '{signature.name}' takes {_describe(signature)}"
+        )
 
 
 def _check_tensor(name: str, value: np.ndarray, meta: TensorMeta, max_string_bytes: int) -> None:

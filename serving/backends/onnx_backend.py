@@ -209,6 +209,7 @@ class OnnxBackend:
         self._sessions: dict[str, Any] = {}
         self._signatures: dict[str, Signature] = {}
         self._bindings: dict[str, SignatureManifest] = {}
+        self._outputs: dict[str, tuple[list[str], list[str]]] = {}
         self._preprocessors: dict[str, Preprocessor] = {}
         self._explainers: dict[str, Explainer] = {}
         if self.bare:
@@ -230,6 +231,8 @@ class OnnxBackend:
                 if sig.preprocess.input not in sig.inputs:
                     alternatives[sig.preprocess.input] = sig.preprocess.output
             self._bindings[name] = sig
+            # The signature's output names and their graph names, in order (`run` without a filter).
+            self._outputs[name] = (list(sig.onnx.outputs), list(sig.onnx.outputs.values()))
             self._signatures[name] = Signature(
                 name=name,
                 method=sig.method,
@@ -289,13 +292,18 @@ class OnnxBackend:
             results = self._explainers[signature](inputs)
             return {name: results[name] for name in (outputs or binding.outputs)}
         session = self._sessions[binding.onnx.file]
+        onnx_inputs = binding.onnx.inputs
         feed = {
-            binding.onnx.inputs[name]: _ort_strings(name, value) if value.dtype == STRING else value
+            onnx_inputs[name]: _ort_strings(name, value) if value.dtype.kind == "O" else value
             for name, value in inputs.items()
         }
-        wanted = list(outputs) if outputs is not None else list(binding.onnx.outputs)
+        if outputs is None:  # every output: the names are listed once per signature
+            wanted, onnx_outputs = self._outputs[signature]
+        else:
+            wanted = list(outputs)
+            onnx_outputs = [binding.onnx.outputs[name] for name in wanted]
         try:
-            results = session.run([binding.onnx.outputs[name] for name in wanted], feed)
+            results = session.run(onnx_outputs, feed)
         except (_ort_errors().InvalidArgument, _ort_errors().Fail) as exc:
             # An op refused these values although the signature accepts their shapes (a Reshape
             # that does not divide, say): the input's fault, as TF Serving passes an op's
@@ -303,7 +311,7 @@ class OnnxBackend:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise InvalidArgument(f"the model cannot run on this input: {message}") from exc
         return {
-            name: _served_strings(result) if result.dtype == STRING else result
+            name: _served_strings(result) if result.dtype.kind == "O" else result
             for name, result in zip(wanted, results, strict=True)
         }
 
