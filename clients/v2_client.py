@@ -563,7 +563,10 @@ class V2RestClient(V2Client):
         return self._http.request_json("POST", url, body, deadline=self._http.deadline(timeout))
 
     def live(self, *, timeout: float | None = None) -> bool:
-        return bool(self._get(f"{self.base_url}/v2/health/live", timeout).get("live", True))
+        # The status says it (Triton answers 200 with an empty body, this server {"live": true}).
+        url = f"{self.base_url}/v2/health/live"
+        response = self._http.send("GET", url, deadline=self._http.deadline(timeout), retry=False, accept=(503,))
+        return response.status_code == 200
 
     def ready(self, model: str | None = None, version: str = "", *, timeout: float | None = None) -> bool:
         url = f"{self.base_url}/v2/health/ready" if model is None else self._model_url(model, version, "/ready")
