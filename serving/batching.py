@@ -133,12 +133,13 @@ class Batcher:
             raise ResourceExhausted(
                 f"batch queue is full ({self.queued_rows} rows waiting, limit {self._max_queued_rows}); retry later"
             )
-        key = batch_key(inputs, self.config.pad_variable_length_inputs)
+        pad = self.config.pad_variable_length_inputs
         if rows > self._limit and self.config.enable_large_batch_splitting:
-            return await self._submit_split(key, inputs, rows)
+            return await self._submit_split(batch_key(inputs, pad), inputs, rows)
+        key = batch_key(inputs, pad) if self._queues else None  # (no queue: none to look up)
         if (
             self.config.batch_timeout_micros == 0
-            and key not in self._queues
+            and (key is None or key not in self._queues)
             and self._free_slots == self.config.num_batch_threads
             and self._inline(self._padded(rows), 1)
         ):
@@ -146,7 +147,7 @@ class Batcher:
             # it now, exactly as an unbatched request would (a batch of one through the queue costs
             # a future and a loop turn, and gains nothing).
             return self._run_now(inputs, rows)
-        return await self._enqueue(key, inputs, rows)
+        return await self._enqueue(key if key is not None else batch_key(inputs, pad), inputs, rows)
 
     def _enqueue(self, key: tuple[object, ...], inputs: Tensors, rows: int) -> asyncio.Future[dict[str, np.ndarray]]:
         pending = _Pending(inputs, rows, asyncio.get_running_loop().create_future())

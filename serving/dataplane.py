@@ -494,6 +494,8 @@ class DataPlane:
         # call itself. The expectation is the version's warm-up measurement (`EngineCost`), taken
         # before it served, so it is not inflated by the contention of worker threads under load.
         self.inline_engine_seconds = inline_engine_seconds
+        # model -> the value its queued-rows gauge was last set to (see `_batcher`)
+        self._queued_published: dict[str, float] = {}
 
     # -- resolution ------------------------------------------------------------------------------
 
@@ -623,9 +625,14 @@ class DataPlane:
             engine = self.metrics.engine(version.name, signature)
             queued = self.metrics.queued_rows.labels(version.name)
 
+            published = self._queued_published  # the gauges' values: set only when they change
+
             def observe(rows: int, padded: int, seconds: float) -> None:
                 engine.observe(rows, padded, seconds)
-                queued.set(sum(b.queued_rows for b in version.batchers.values()))
+                now = float(sum(b.queued_rows for b in version.batchers.values()))
+                if published.get(version.name) != now:  # (a request run at once changes nothing)
+                    queued.set(now)
+                    published[version.name] = now
 
             metrics = self.metrics
             batcher = Batcher(
