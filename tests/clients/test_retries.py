@@ -403,7 +403,9 @@ def test_grpc_deadline_bounds_the_whole_retried_call() -> None:
     elapsed = time.monotonic() - started
     assert elapsed < 2.0, elapsed
     assert raised.value.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
-    # Every attempt carried what was left of the one deadline, less each time.
+    # Every attempt carried what was left of the one deadline (not the client's 30 s), less each
+    # time. gRPC rounds a timeout up on the wire (coarser units compress better), so the server may
+    # read a little more than the client had left: 1.007 s of a 1 s deadline was seen under load.
     remaining = [c.time_remaining for c in servicer.calls]
-    assert 2 <= len(remaining) <= 4 and all(r is not None and r <= 1.0 for r in remaining)
+    assert 2 <= len(remaining) <= 4 and all(r is not None and r <= 1.1 for r in remaining)
     assert remaining == sorted(remaining, key=lambda r: -(r or 0.0))
