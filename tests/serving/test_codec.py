@@ -198,3 +198,23 @@ def test_example_bytes_is_a_tf_example() -> None:
     assert list(features["x"].float_list.value) == [2.0]
     assert list(features["n"].int64_list.value) == [3]
     assert list(features["s"].bytes_list.value) == [b"a"]
+
+
+@pytest.mark.parametrize("tensor_content", [True, False])
+@pytest.mark.parametrize(
+    "value",
+    [np.arange(6, dtype=np.float32).reshape(2, 3), np.array(2.5), np.zeros((0, 4), np.int64),
+     np.array([True, False]), np.array([[1 + 2j]], np.complex64), np.arange(4, dtype=np.uint16)],
+)  # fmt: skip
+def test_encoding_equals_the_message_built_field_by_field(value: np.ndarray, tensor_content: bool) -> None:
+    """`from_numpy` writes dtype and shape as cached wire bytes: the message must be exactly the one
+    built by setting its fields."""
+    expected = tensor_pb2.TensorProto(dtype=codec.data_type(value.dtype))  # type: ignore[arg-type]
+    expected.tensor_shape.dim.extend(tensor_pb2.TensorShapeProto.Dim(size=d) for d in value.shape)
+    if tensor_content:
+        expected.tensor_content = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes()
+    elif value.dtype.kind == "c":
+        expected.scomplex_val.extend(value.view(np.float32).reshape(-1).tolist())
+    else:
+        getattr(expected, codec._VALUE_FIELD[expected.dtype]).extend(value.reshape(-1).tolist())
+    assert codec.from_numpy(value, tensor_content=tensor_content) == expected
