@@ -133,6 +133,22 @@ def _recurrent(name: str, cell: str, encoding: str, description: str, **knobs: A
     return Approach(name=name, architecture=cell, encoding=encoding, description=description, **schedule)
 
 
+# The book's one-hot classifier (chapter 3's IMDB network on multi-hot words); hashed below.
+_ONEHOT = Approach(
+    name="onehot",
+    epochs=20,
+    embedding_dim=0,
+    dropout=0.5,
+    learning_rate=1e-3,
+    batch_size=128,
+    patience=3,
+    hidden=16,
+    one_hot_size=10000,
+    predict_batch_size=128,
+    encoding="one-hot",
+    description="multi-hot of the 10,000 most frequent words -> Dense(16) -> Dense(16) -> softmax",
+)
+
 APPROACHES: dict[str, Approach] = {
     "bow": Approach(
         name="bow",
@@ -187,32 +203,12 @@ APPROACHES: dict[str, Approach] = {
         encoding="(members')",
         description="average of the probabilities of the approaches above, members picked greedily on validation",
     ),
-    "onehot": Approach(
-        name="onehot",
-        epochs=20,
-        embedding_dim=0,
-        dropout=0.5,
-        learning_rate=1e-3,
-        batch_size=128,
-        patience=3,
-        hidden=16,
-        one_hot_size=10000,
-        predict_batch_size=128,
-        encoding="one-hot",
-        description="multi-hot of the 10,000 most frequent words -> Dense(16) -> Dense(16) -> softmax",
-    ),
-    "hashed_onehot": Approach(
+    "onehot": _ONEHOT,
+    "hashed_onehot": replace(
+        _ONEHOT,
         name="hashed_onehot",
         architecture="onehot",
-        epochs=20,
-        embedding_dim=0,
-        dropout=0.5,
-        learning_rate=1e-3,
-        batch_size=128,
-        patience=3,
-        hidden=16,
         one_hot_size=4096,
-        predict_batch_size=128,
         encoding="hashed one-hot",
         description="words hashed into 4,095 slots, multi-hot -> Dense(16) -> Dense(16) -> softmax",
     ),
