@@ -55,13 +55,12 @@ from clients.errors import ClientError
 from clients.grpc_client import GrpcChannel
 from clients.rest_client import HttpTransport
 from clients.retries import DEFAULT_BACKOFF_S, DEFAULT_MAX_BACKOFF_S, DEFAULT_RETRIES
-from serving import codec
+from serving import codec, v2_codec
 from serving.errors import InvalidArgument
 from serving.proto import inference_pb2, inference_pb2_grpc
-from serving.protocol.v2 import common
 
 DEFAULT_SIGNATURE = "serving_default"
-SIGNATURE_PARAMETER = common.SIGNATURE_PARAMETER
+SIGNATURE_PARAMETER = v2_codec.SIGNATURE_PARAMETER
 # This server's model metadata properties: the model's signature names (comma-separated) and the
 # version the metadata describes (the one a label or "" resolved to).
 SIGNATURES_PROPERTY = "signatures"
@@ -87,7 +86,7 @@ def version_string(version: int | None, label: str | None) -> str:
 def _input_array(name: str, value: TensorLike) -> np.ndarray:
     array = as_tensor(name, value)
     try:
-        common.datatype_of(array.dtype)
+        v2_codec.datatype_of(array.dtype)
     except InvalidArgument as exc:
         raise ClientError("INVALID_ARGUMENT", None, f"input '{name}': {exc.message}") from exc
     return array
@@ -96,7 +95,7 @@ def _input_array(name: str, value: TensorLike) -> np.ndarray:
 def _tensor_description(entry: Mapping[str, Any]) -> dict[str, Any]:
     """A V2 tensor metadata entry as `Client.metadata` describes tensors: {"dtype", "shape"}."""
     try:
-        dtype = codec.dtype_name(common.dtype_of(entry.get("datatype"), str(entry.get("name"))))
+        dtype = codec.dtype_name(v2_codec.dtype_of(entry.get("datatype"), str(entry.get("name"))))
     except InvalidArgument:
         dtype = "unknown"
     return {"dtype": dtype, "shape": [int(d) for d in entry.get("shape", [])]}
@@ -155,7 +154,7 @@ def _example_inputs(examples: Sequence[ExampleLike], input_types: Mapping[str, s
         batch = np.stack(rows)
         datatype = input_types.get(name)
         if datatype is not None and datatype != "BYTES" and batch.dtype != codec.STRING:
-            batch = batch.astype(common.DATATYPES[datatype], copy=False)
+            batch = batch.astype(v2_codec.DATATYPES[datatype], copy=False)
         inputs[name] = batch
     return inputs
 
@@ -352,7 +351,7 @@ def _parameter(value: str | int | bool) -> inference_pb2.InferParameter:
 
 def _typed_contents(tensor: Any) -> np.ndarray:
     """An output given as typed `contents` (servers that do not answer raw) -> numpy."""
-    dtype = common.dtype_of(tensor.datatype, tensor.name)
+    dtype = v2_codec.dtype_of(tensor.datatype, tensor.name)
     contents = tensor.contents
     field = {
         "BOOL": contents.bool_contents,
@@ -455,8 +454,8 @@ class V2GrpcClient(V2Client):
             request.parameters[key].CopyFrom(_parameter(setting))
         for input_name, value in inputs.items():
             array = _input_array(input_name, value)
-            request.inputs.add(name=input_name, datatype=common.datatype_of(array.dtype), shape=array.shape)
-            request.raw_input_contents.append(common.encode_raw(array))
+            request.inputs.add(name=input_name, datatype=v2_codec.datatype_of(array.dtype), shape=array.shape)
+            request.raw_input_contents.append(v2_codec.encode_raw(array))
         for output_name, output_parameters in outputs:
             entry = request.outputs.add(name=output_name)
             for key, setting in output_parameters.items():
@@ -468,7 +467,7 @@ class V2GrpcClient(V2Client):
                 shape = [int(d) for d in tensor.shape]
                 if index < len(answer.raw_output_contents):
                     raw = answer.raw_output_contents[index]
-                    result[tensor.name] = common.decode_raw(tensor.datatype, shape, raw, tensor.name, len(raw))
+                    result[tensor.name] = v2_codec.decode_raw(tensor.datatype, shape, raw, tensor.name, len(raw))
                 else:
                     result[tensor.name] = _typed_contents(tensor)
         except InvalidArgument as exc:
@@ -510,7 +509,7 @@ def _json_data(array: np.ndarray) -> list[Any] | None:
 
 def _json_output(entry: Mapping[str, Any]) -> np.ndarray:
     name = str(entry.get("name"))
-    dtype = common.dtype_of(entry.get("datatype"), name)
+    dtype = v2_codec.dtype_of(entry.get("datatype"), name)
     shape = [int(d) for d in entry.get("shape", [])]
     data = entry.get("data", [])
     if dtype == codec.STRING:
@@ -648,10 +647,10 @@ def encode_infer_body(
     chunks: list[bytes] = []
     for input_name, value in inputs.items():
         array = _input_array(input_name, value)
-        entry: dict[str, Any] = {"name": input_name, "datatype": common.datatype_of(array.dtype), "shape": list(array.shape)}
+        entry: dict[str, Any] = {"name": input_name, "datatype": v2_codec.datatype_of(array.dtype), "shape": list(array.shape)}
         data = None if binary else _json_data(array)
         if data is None:
-            raw = common.encode_raw(array)
+            raw = v2_codec.encode_raw(array)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
@@ -689,7 +688,7 @@ def decode_infer_answer(content: bytes, header_length: str | None, status: int) 
                 continue
             raw = bytes(binary[offset : offset + int(size)])
             offset += int(size)
-            result[name] = common.decode_raw(entry.get("datatype"), entry.get("shape"), raw, name, len(raw))
+            result[name] = v2_codec.decode_raw(entry.get("datatype"), entry.get("shape"), raw, name, len(raw))
     except (InvalidArgument, TypeError, ValueError) as exc:
         message = exc.message if isinstance(exc, InvalidArgument) else str(exc)
         raise ClientError("INTERNAL", status, f"undecodable output in the answer: {message}") from exc

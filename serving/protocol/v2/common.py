@@ -1,7 +1,7 @@
 """What the Open Inference Protocol's REST and gRPC sides share: datatypes, names, tensors, readiness.
 
-- Datatypes: V2's names (FP32, INT64, BYTES, ...) <-> numpy dtypes, both ways; strings (this
-  server's object arrays of `bytes`) are BYTES.
+- Datatypes and tensors (JSON values, typed gRPC contents, raw bytes): `serving.v2_codec`, which the
+  clients share; its names are re-exported here.
 - Names: a signature of a TF Serving model is a V2 model. The default signature (`serving_default`)
   is the model `<m>` itself; another signature `<s>` is the model `<m>.<s>` (a served model whose own
   name has a dot wins over that reading). A request may instead name the signature in its
@@ -10,10 +10,6 @@
 - Versions: V2 versions are strings. Digits are the version number; anything else is read as one of
   the model's TF Serving version labels (`stable`, `canary`); empty means the version TF Serving's
   policy serves (the newest AVAILABLE one).
-- Tensors: flat or nested JSON lists and typed gRPC contents (`decode_values`), and the raw
-  little-endian bytes of the binary extension and of `raw_input_contents` (`decode_raw`,
-  `encode_raw`; BYTES elements are each a 4-byte little-endian length and the bytes). Shapes are
-  checked against the byte limit before numpy sees them.
 - Classification (Triton's extension): a requested output whose `classification` parameter is k
   (REST `outputs[].parameters`, gRPC `int64_param`) is answered as BYTES [batch, min(k, classes)]
   instead: per row the k highest values, highest first, each "<value>:<index>[:<label>]" (value as
@@ -28,7 +24,6 @@ Errors are `serving.errors` classes, so both sides map them as TF Serving's API 
 from __future__ import annotations
 
 import importlib.metadata
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,58 +37,28 @@ from serving.dataplane import DataPlane
 from serving.errors import InvalidArgument, NotFound
 from serving.protocol import Services
 from serving.repository import ModelVersion, Repository
+from serving.v2_codec import (  # noqa: F401  (the tensors' half of this module: see serving.v2_codec)
+    DATATYPES,
+    SIGNATURE_PARAMETER,
+    datatype_of,
+    decode_raw,
+    decode_values,
+    dtype_of,
+    encode_raw,
+    shape_of,
+)
 
 DEFAULT_SIGNATURE = "serving_default"
-SIGNATURE_PARAMETER = "signature_name"
 SERVER_NAME = "model-serving"
 CLASSIFICATION_PARAMETER = "classification"
 # What ServerMetadata lists: Triton's names for the extensions served here.
 EXTENSIONS = ("binary_tensor_data", "classification", "model_repository")
-
-# V2 datatype -> numpy dtype (little-endian on the wire; FP16 has no typed gRPC field, so raw only).
-DATATYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": codec.STRING,
-}
-_NAMES = {dtype: name for name, dtype in DATATYPES.items()}
-
-# Which JSON value kinds (numpy's kind of np.asarray(data)) each datatype family takes.
-_ACCEPTED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
-
 
 def server_version() -> str:
     try:
         return importlib.metadata.version(SERVER_NAME)
     except importlib.metadata.PackageNotFoundError:  # run from a tree that is not installed
         return "0"
-
-
-def datatype_of(dtype: np.dtype) -> str:
-    """The V2 datatype of a numpy dtype (object arrays of bytes are BYTES)."""
-    try:
-        return _NAMES[np.dtype(dtype)]
-    except KeyError:
-        raise InvalidArgument(f"the Open Inference Protocol has no datatype for {dtype}") from None
-
-
-def dtype_of(datatype: Any, name: str) -> np.dtype:
-    try:
-        return DATATYPES[datatype]
-    except (KeyError, TypeError):
-        raise InvalidArgument(
-            f"input '{name}': unknown datatype {datatype!r}; the Open Inference Protocol's are {sorted(DATATYPES)}"
-        ) from None
 
 
 def platform_of(version: ModelVersion) -> str:
@@ -214,100 +179,6 @@ def string_parameter(parameters: Mapping[str, Any], key: str) -> str:
 # -- tensors ---------------------------------------------------------------------------------
 
 
-def _shape(shape: Any, name: str) -> tuple[int, ...]:
-    if not isinstance(shape, list | tuple) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-        raise InvalidArgument(f"input '{name}': shape must be a list of integers, got {shape!r}")
-    return tuple(shape)
-
-
-def decode_values(datatype: Any, shape: Any, data: Any, name: str, max_bytes: int) -> np.ndarray:
-    """A tensor given as values (JSON `data`, flat or nested, or typed gRPC contents) -> numpy."""
-    dtype = dtype_of(datatype, name)
-    dims = _shape(shape, name)
-    count = codec.check_shape(dims, dtype.itemsize if dtype != codec.STRING else 1, max_bytes, name)
-    if dtype == codec.STRING:
-        flat = np.empty(count, dtype=codec.STRING)
-        values = list(_flatten(data))
-        if len(values) != count:
-            raise InvalidArgument(f"input '{name}': shape {list(dims)} needs {count} values, got {len(values)}")
-        for index, value in enumerate(values):
-            if isinstance(value, str):
-                flat[index] = value.encode("utf-8")
-            elif isinstance(value, bytes):  # typed gRPC bytes_contents
-                flat[index] = value
-            else:
-                raise InvalidArgument(f"input '{name}' is BYTES: its values must be strings, got {type(value).__name__}")
-        return flat.reshape(dims)
-    try:
-        given = np.asarray(data)
-    except ValueError:
-        raise InvalidArgument(f"input '{name}': ragged nested lists") from None
-    if given.size != count:
-        raise InvalidArgument(f"input '{name}': shape {list(dims)} needs {count} values, got {given.size}")
-    if count and given.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
-        kind = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers"}[dtype.kind]
-        raise InvalidArgument(f"input '{name}' is {datatype}: its values must be {kind}")
-    if dtype.kind in "iu" and count:
-        info = np.iinfo(dtype)
-        low, high = given.min(), given.max()
-        if low < info.min or high > info.max:
-            raise InvalidArgument(f"input '{name}': values out of the range of {datatype}")
-    return given.astype(dtype, copy=False).reshape(dims)
-
-
-def _flatten(value: Any) -> Any:
-    if isinstance(value, list | tuple):
-        for item in value:
-            yield from _flatten(item)
-    else:
-        yield value
-
-
-def decode_raw(datatype: Any, shape: Any, raw: bytes, name: str, max_bytes: int) -> np.ndarray:
-    """A tensor's raw little-endian bytes (BYTES: 4-byte length + bytes per element) -> numpy."""
-    dtype = dtype_of(datatype, name)
-    dims = _shape(shape, name)
-    count = codec.check_shape(dims, dtype.itemsize if dtype != codec.STRING else 4, max_bytes, name)
-    if dtype != codec.STRING:
-        if len(raw) != count * dtype.itemsize:
-            raise InvalidArgument(
-                f"input '{name}': shape {list(dims)} of {datatype} needs {count * dtype.itemsize} bytes, "
-                f"got {len(raw)}"
-            )
-        return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(dims)
-    flat = np.empty(count, dtype=codec.STRING)
-    offset = 0
-    for index in range(count):
-        if offset + 4 > len(raw):
-            raise InvalidArgument(f"input '{name}': its BYTES data ends before element {index} of {count}")
-        (length,) = struct.unpack_from("<I", raw, offset)
-        offset += 4
-        if offset + length > len(raw):
-            raise InvalidArgument(f"input '{name}': BYTES element {index} claims {length} bytes past the end")
-        flat[index] = bytes(raw[offset : offset + length])
-        offset += length
-    if offset != len(raw):
-        raise InvalidArgument(f"input '{name}': {len(raw) - offset} bytes left after its {count} BYTES elements")
-    return flat.reshape(dims)
-
-
-def encode_raw(array: np.ndarray) -> bytes:
-    """numpy -> the tensor's raw little-endian bytes (BYTES: 4-byte length + bytes per element)."""
-    if array.dtype == codec.STRING:
-        parts = []
-        for element in array.reshape(-1):
-            value = element if isinstance(element, bytes) else str(element).encode("utf-8")
-            parts.append(struct.pack("<I", len(value)))
-            parts.append(value)
-        return b"".join(parts)
-    datatype_of(array.dtype)  # refuses what V2 cannot carry
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-
-
-def shape_of(array: np.ndarray) -> list[int]:
-    return [int(d) for d in array.shape]
-
-
 # -- the classification extension -----------------------------------------------------------
 
 
@@ -327,7 +198,7 @@ def classification_count(parameters: Mapping[str, Any], name: str) -> int:
 def _check_classifiable(name: str, dtype: np.dtype, shape: Sequence[int] | None) -> None:
     """Numeric (integers or floats) of rank 2 ([batch, classes]); `shape` None: rank not known yet."""
     if np.dtype(dtype).kind not in "iuf":
-        datatype = _NAMES.get(np.dtype(dtype), str(dtype))
+        datatype = {v: k for k, v in DATATYPES.items()}.get(np.dtype(dtype), str(dtype))
         raise InvalidArgument(
             f"output '{name}' is {datatype}: the classification extension ranks numeric outputs only"
         )
