@@ -13,26 +13,7 @@ from typing import Any
 
 import grpc
 
-# gRPC code name -> HTTP status, as the REST API of this server (and TF Serving) answers.
-HTTP_STATUS_OF_CODE: dict[str, int] = {
-    "OK": 200,
-    "CANCELLED": 499,
-    "UNKNOWN": 500,
-    "INVALID_ARGUMENT": 400,
-    "DEADLINE_EXCEEDED": 504,
-    "NOT_FOUND": 404,
-    "ALREADY_EXISTS": 409,
-    "PERMISSION_DENIED": 403,
-    "RESOURCE_EXHAUSTED": 429,
-    "FAILED_PRECONDITION": 400,
-    "ABORTED": 409,
-    "OUT_OF_RANGE": 400,
-    "UNIMPLEMENTED": 501,
-    "INTERNAL": 500,
-    "UNAVAILABLE": 503,
-    "DATA_LOSS": 500,
-    "UNAUTHENTICATED": 401,
-}
+from serving.errors import HTTP_STATUS_OF_CODE  # gRPC code name -> HTTP status, as the REST API answers
 
 # HTTP status -> gRPC code name. Several codes share 400/409/500; the reverse picks the usual one.
 CODE_OF_HTTP_STATUS: dict[int, str] = {

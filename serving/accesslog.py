@@ -32,27 +32,6 @@ if TYPE_CHECKING:
     from serving.config import ServerConfig
     from serving.tracing import Tracing
 
-# gRPC status code name -> the HTTP status of the same meaning (the mapping the project's errors
-# carry, see `serving.errors`, and gRPC's HTTP guidance for the codes it does not raise).
-HTTP_STATUS = {
-    "OK": 200,
-    "CANCELLED": 499,
-    "UNKNOWN": 500,
-    "INVALID_ARGUMENT": 400,
-    "DEADLINE_EXCEEDED": 504,
-    "NOT_FOUND": 404,
-    "ALREADY_EXISTS": 409,
-    "PERMISSION_DENIED": 403,
-    "RESOURCE_EXHAUSTED": 429,
-    "FAILED_PRECONDITION": 400,
-    "ABORTED": 409,
-    "OUT_OF_RANGE": 400,
-    "UNIMPLEMENTED": 501,
-    "INTERNAL": 500,
-    "UNAVAILABLE": 503,
-    "DATA_LOSS": 500,
-    "UNAUTHENTICATED": 401,
-}
 # HTTP status -> gRPC code name, for REST answers no ServingError named (aiohttp's own 404s...).
 _STATUS_NAME = {
     400: "INVALID_ARGUMENT",

@@ -11,6 +11,30 @@ from typing import ClassVar
 
 import grpc
 
+# gRPC status code name -> the HTTP status of the same meaning: the pairing the classes below carry
+# (NOT_FOUND 404, INVALID_ARGUMENT 400, RESOURCE_EXHAUSTED 429, UNAVAILABLE 503, ...), and Google's
+# canonical HTTP mapping for the codes the server never raises. The REST API answers with it, the
+# access log writes it for gRPC calls, and the clients report it (`clients.errors`).
+HTTP_STATUS_OF_CODE: dict[str, int] = {
+    "OK": 200,
+    "CANCELLED": 499,
+    "UNKNOWN": 500,
+    "INVALID_ARGUMENT": 400,
+    "DEADLINE_EXCEEDED": 504,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "PERMISSION_DENIED": 403,
+    "RESOURCE_EXHAUSTED": 429,
+    "FAILED_PRECONDITION": 400,
+    "ABORTED": 409,
+    "OUT_OF_RANGE": 400,
+    "UNIMPLEMENTED": 501,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DATA_LOSS": 500,
+    "UNAUTHENTICATED": 401,
+}
+
 
 class ServingError(Exception):
     """Base class: a request failed for a reason the caller should be told."""

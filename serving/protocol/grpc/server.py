@@ -23,12 +23,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from serving import codec
-from serving.accesslog import CURRENT, HTTP_STATUS, Telemetry, peer_address
+from serving.accesslog import CURRENT, Telemetry, peer_address
 from serving.admission import Admission
 from serving.auth import TokenFile
 from serving.config import ServerConfig
 from serving.dataplane import TaskSpec
-from serving.errors import DeadlineExceeded, InvalidArgument, ServingError, Unauthenticated, Unimplemented
+from serving.errors import (
+    HTTP_STATUS_OF_CODE,
+    DeadlineExceeded,
+    InvalidArgument,
+    ServingError,
+    Unauthenticated,
+    Unimplemented,
+)
 from serving.metrics import Metrics
 from serving.proto import apis_pb2, apis_pb2_grpc, example_pb2
 from serving.protocol import Services, messages
@@ -185,7 +192,7 @@ def rpc(
                 if record is not None:
                     assert telemetry is not None and token is not None
                     CURRENT.reset(token)
-                    record.status, record.http_status = status, HTTP_STATUS.get(status, 500)
+                    record.status, record.http_status = status, HTTP_STATUS_OF_CODE.get(status, 500)
                     telemetry.end(record)
             raise AssertionError("unreachable: context.abort raises")
 
