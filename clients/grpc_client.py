@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import grpc
 import numpy as np
@@ -116,6 +116,19 @@ def _failure(exc: grpc.RpcError) -> Exception:
     return RetryableError(error, delay)
 
 
+class GrpcOptions(TypedDict, total=False):
+    """The keyword arguments of `GrpcChannel`, which every gRPC client of this package takes."""
+
+    tls: bool
+    root_certificates: bytes | str | os.PathLike[str] | None
+    timeout: float
+    max_message_bytes: int
+    token: str | None
+    retries: int
+    backoff_seconds: float
+    max_backoff_seconds: float
+
+
 class GrpcChannel:
     """One channel with the client's deadline, retry policy and bearer token; what every gRPC client
     of this package (TF Serving's API here, the Open Inference Protocol in `clients.v2_client`) calls
@@ -134,6 +147,13 @@ class GrpcChannel:
         backoff_seconds: float = DEFAULT_BACKOFF_S,
         max_backoff_seconds: float = DEFAULT_MAX_BACKOFF_S,
     ) -> None:
+        """`root_certificates`: PEM bytes or the path of a CA file (with `tls`; default: system roots).
+
+        `timeout`: default deadline of a call in seconds, retries included (each call may override
+        it). `token`: bearer token sent with every call. `retries`: further attempts after an
+        UNAVAILABLE / RESOURCE_EXHAUSTED answer (0: none); `backoff_seconds` doubles per retry up to
+        `max_backoff_seconds`, jittered.
+        """
         self.target = target
         self.timeout = check_timeout(timeout)
         self.retry_policy = RetryPolicy(retries, backoff_seconds, max_backoff_seconds)
@@ -169,37 +189,9 @@ class GrpcChannel:
 class GrpcClient(Client):
     """Blocking gRPC client; one channel, thread-safe, reused for every call until `close()`."""
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        tls: bool = False,
-        root_certificates: bytes | str | os.PathLike[str] | None = None,
-        timeout: float = DEFAULT_TIMEOUT_S,
-        max_message_bytes: int = MAX_MESSAGE_BYTES,
-        token: str | None = None,
-        retries: int = DEFAULT_RETRIES,
-        backoff_seconds: float = DEFAULT_BACKOFF_S,
-        max_backoff_seconds: float = DEFAULT_MAX_BACKOFF_S,
-    ) -> None:
-        """`root_certificates`: PEM bytes or the path of a CA file (with `tls`; default: system roots).
-
-        `timeout`: default deadline of a call in seconds, retries included (each call may override
-        it). `token`: bearer token sent with every call. `retries`: further attempts after an
-        UNAVAILABLE / RESOURCE_EXHAUSTED answer (0: none); `backoff_seconds` doubles per retry up to
-        `max_backoff_seconds`, jittered.
-        """
-        self._grpc = GrpcChannel(
-            target,
-            tls=tls,
-            root_certificates=root_certificates,
-            timeout=timeout,
-            max_message_bytes=max_message_bytes,
-            token=token,
-            retries=retries,
-            backoff_seconds=backoff_seconds,
-            max_backoff_seconds=max_backoff_seconds,
-        )
+    def __init__(self, target: str, **options: Unpack[GrpcOptions]) -> None:
+        """`options`: the keyword arguments of `GrpcChannel` (TLS, deadline, token, retries)."""
+        self._grpc = GrpcChannel(target, **options)
         self.target = target
         self.timeout = self._grpc.timeout
         self.retry_policy = self._grpc.retry_policy

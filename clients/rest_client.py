@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 from urllib.parse import quote
 
 import numpy as np
@@ -100,6 +100,17 @@ def _parse(message: Any, body: Any, what: str) -> Any:
         raise ClientError("INTERNAL", None, f"unreadable {what} response: {exc}") from exc
 
 
+class HttpOptions(TypedDict, total=False):
+    """The keyword arguments of `HttpTransport`, which every HTTP client of this package takes."""
+
+    timeout: float
+    root_certificates: str | os.PathLike[str] | None
+    token: str | None
+    retries: int
+    backoff_seconds: float
+    max_backoff_seconds: float
+
+
 class HttpTransport:
     """One `requests.Session` (connection pooling, keep-alive) with the client's base URL, deadline,
     retry policy and bearer token; what every HTTP client of this package (TF Serving's REST API
@@ -116,6 +127,10 @@ class HttpTransport:
         backoff_seconds: float = DEFAULT_BACKOFF_S,
         max_backoff_seconds: float = DEFAULT_MAX_BACKOFF_S,
     ) -> None:
+        """`root_certificates`: path of a CA bundle for an https:// URL (default: the system's).
+
+        `timeout`, `token`, `retries`, `backoff_seconds`, `max_backoff_seconds`: as for `GrpcChannel`.
+        """
         self.base_url = base_url.rstrip("/")
         if not self.base_url.startswith(("http://", "https://")):
             raise ClientError(
@@ -225,30 +240,9 @@ def json_object(response: requests.Response, what: str) -> dict[str, Any]:
 class RestClient(Client):
     """Blocking HTTP client on one `requests.Session` (connection pooling, keep-alive)."""
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        timeout: float = DEFAULT_TIMEOUT_S,
-        root_certificates: str | os.PathLike[str] | None = None,
-        token: str | None = None,
-        retries: int = DEFAULT_RETRIES,
-        backoff_seconds: float = DEFAULT_BACKOFF_S,
-        max_backoff_seconds: float = DEFAULT_MAX_BACKOFF_S,
-    ) -> None:
-        """`root_certificates`: path of a CA bundle for an https:// URL (default: the system's).
-
-        `timeout`, `token`, `retries`, `backoff_seconds`, `max_backoff_seconds`: as for `GrpcClient`.
-        """
-        self._http = HttpTransport(
-            base_url,
-            timeout=timeout,
-            root_certificates=root_certificates,
-            token=token,
-            retries=retries,
-            backoff_seconds=backoff_seconds,
-            max_backoff_seconds=max_backoff_seconds,
-        )
+    def __init__(self, base_url: str, **options: Unpack[HttpOptions]) -> None:
+        """`options`: the keyword arguments of `HttpTransport` (CA bundle, deadline, token, retries)."""
+        self._http = HttpTransport(base_url, **options)
         self.base_url = self._http.base_url
         self.timeout = self._http.timeout
         self.retry_policy = self._http.retry_policy

@@ -31,18 +31,15 @@ clients retry (UNAVAILABLE / RESOURCE_EXHAUSTED, HTTP 429 / 503) within the call
 from __future__ import annotations
 
 import abc
-import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import quote
 
 import numpy as np
 import orjson
 
 from clients.base import (
-    DEFAULT_TIMEOUT_S,
-    MAX_MESSAGE_BYTES,
     Classes,
     Client,
     ExampleLike,
@@ -52,9 +49,8 @@ from clients.base import (
     check_version_choice,
 )
 from clients.errors import ClientError
-from clients.grpc_client import GrpcChannel
-from clients.rest_client import HttpTransport
-from clients.retries import DEFAULT_BACKOFF_S, DEFAULT_MAX_BACKOFF_S, DEFAULT_RETRIES
+from clients.grpc_client import GrpcChannel, GrpcOptions
+from clients.rest_client import HttpOptions, HttpTransport
 from serving import codec, v2_codec
 from serving.errors import InvalidArgument
 from serving.proto import inference_pb2, inference_pb2_grpc
@@ -375,32 +371,10 @@ def _typed_contents(tensor: Any) -> np.ndarray:
 class V2GrpcClient(V2Client):
     """Blocking client of `inference.GRPCInferenceService`; one channel, thread-safe."""
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        tls: bool = False,
-        root_certificates: bytes | str | os.PathLike[str] | None = None,
-        timeout: float = DEFAULT_TIMEOUT_S,
-        max_message_bytes: int = MAX_MESSAGE_BYTES,
-        token: str | None = None,
-        retries: int = DEFAULT_RETRIES,
-        backoff_seconds: float = DEFAULT_BACKOFF_S,
-        max_backoff_seconds: float = DEFAULT_MAX_BACKOFF_S,
-    ) -> None:
-        """The arguments of `GrpcClient`, with the same meaning."""
+    def __init__(self, target: str, **options: Unpack[GrpcOptions]) -> None:
+        """`options`: those of `GrpcClient` (`clients.grpc_client.GrpcChannel`), with the same meaning."""
         super().__init__()
-        self._grpc = GrpcChannel(
-            target,
-            tls=tls,
-            root_certificates=root_certificates,
-            timeout=timeout,
-            max_message_bytes=max_message_bytes,
-            token=token,
-            retries=retries,
-            backoff_seconds=backoff_seconds,
-            max_backoff_seconds=max_backoff_seconds,
-        )
+        self._grpc = GrpcChannel(target, **options)
         self.target = target
         self._stub = inference_pb2_grpc.GRPCInferenceServiceStub(self._grpc.channel)
 
@@ -523,30 +497,11 @@ class V2RestClient(V2Client):
     """Blocking client of the V2 REST API; `binary` (default, as `tritonclient.http`) sends and asks
     for tensors as binary tensor data, `binary=False` as JSON `data`."""
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        binary: bool = True,
-        timeout: float = DEFAULT_TIMEOUT_S,
-        root_certificates: str | os.PathLike[str] | None = None,
-        token: str | None = None,
-        retries: int = DEFAULT_RETRIES,
-        backoff_seconds: float = DEFAULT_BACKOFF_S,
-        max_backoff_seconds: float = DEFAULT_MAX_BACKOFF_S,
-    ) -> None:
-        """The arguments of `RestClient`, with the same meaning, and `binary`."""
+    def __init__(self, base_url: str, *, binary: bool = True, **options: Unpack[HttpOptions]) -> None:
+        """`options`: those of `RestClient` (`clients.rest_client.HttpTransport`), with the same meaning."""
         super().__init__()
         self.binary = binary
-        self._http = HttpTransport(
-            base_url,
-            timeout=timeout,
-            root_certificates=root_certificates,
-            token=token,
-            retries=retries,
-            backoff_seconds=backoff_seconds,
-            max_backoff_seconds=max_backoff_seconds,
-        )
+        self._http = HttpTransport(base_url, **options)
         self.base_url = self._http.base_url
 
     def _model_url(self, name: str, version: str, suffix: str = "") -> str:
