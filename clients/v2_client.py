@@ -66,6 +66,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 # What the repository index's states are in TF Serving's words (ModelStatus.state).
 _STATES = {"READY": "AVAILABLE", "LOADING": "LOADING", "UNLOADING": "UNLOADING", "UNAVAILABLE": "END"}
 PREDICT_METHOD = "tensorflow/serving/predict"
+_NO_LIMIT = 1 << 62  # the byte bound of tensors decoded from an answer already received
 
 # (name, parameters) of one requested output.
 RequestedOutput = tuple[str, Mapping[str, Any]]
@@ -345,27 +346,25 @@ def _parameter(value: str | int | bool) -> inference_pb2.InferParameter:
     return inference_pb2.InferParameter(string_param=value)
 
 
-def _typed_contents(tensor: Any) -> np.ndarray:
-    """An output given as typed `contents` (servers that do not answer raw) -> numpy."""
-    dtype = v2_codec.dtype_of(tensor.datatype, tensor.name)
-    contents = tensor.contents
-    field = {
-        "BOOL": contents.bool_contents,
-        "INT8": contents.int_contents, "INT16": contents.int_contents, "INT32": contents.int_contents,
-        "INT64": contents.int64_contents,
-        "UINT8": contents.uint_contents, "UINT16": contents.uint_contents, "UINT32": contents.uint_contents,
-        "UINT64": contents.uint64_contents,
-        "FP32": contents.fp32_contents, "FP64": contents.fp64_contents,
-        "BYTES": contents.bytes_contents,
-    }.get(tensor.datatype)
-    if field is None:
-        raise ClientError("INTERNAL", None, f"output '{tensor.name}' of {tensor.datatype} came without raw contents")
-    shape = [int(d) for d in tensor.shape]
-    if dtype == codec.STRING:
-        array = np.empty(len(field), dtype=codec.STRING)
-        array[:] = list(field)
-        return array.reshape(shape)
-    return np.asarray(list(field), dtype=dtype).reshape(shape)
+def decode_infer_response(answer: inference_pb2.ModelInferResponse) -> dict[str, np.ndarray]:
+    """A ModelInferResponse's outputs -> output name -> array: `raw_output_contents` where the server
+    answered raw (this server and Triton do for raw requests), else each output's typed `contents`."""
+    result: dict[str, np.ndarray] = {}
+    try:
+        for index, tensor in enumerate(answer.outputs):
+            shape = [int(d) for d in tensor.shape]
+            if index < len(answer.raw_output_contents):
+                raw = answer.raw_output_contents[index]
+                result[tensor.name] = v2_codec.decode_raw(tensor.datatype, shape, raw, tensor.name, len(raw))
+            else:
+                # The answer is in memory already, and its values are counted before the shape
+                # allocates anything: no byte limit to apply.
+                result[tensor.name] = v2_codec.decode_contents(
+                    tensor.datatype, shape, tensor.contents, tensor.name, _NO_LIMIT
+                )
+    except InvalidArgument as exc:
+        raise ClientError("INTERNAL", None, f"undecodable output in the answer: {exc.message}") from exc
+    return result
 
 
 class V2GrpcClient(V2Client):
@@ -434,19 +433,7 @@ class V2GrpcClient(V2Client):
             entry = request.outputs.add(name=output_name)
             for key, setting in output_parameters.items():
                 entry.parameters[key].CopyFrom(_parameter(setting))
-        answer = self._grpc.call(self._stub.ModelInfer, request, timeout)
-        result: dict[str, np.ndarray] = {}
-        try:
-            for index, tensor in enumerate(answer.outputs):
-                shape = [int(d) for d in tensor.shape]
-                if index < len(answer.raw_output_contents):
-                    raw = answer.raw_output_contents[index]
-                    result[tensor.name] = v2_codec.decode_raw(tensor.datatype, shape, raw, tensor.name, len(raw))
-                else:
-                    result[tensor.name] = _typed_contents(tensor)
-        except InvalidArgument as exc:
-            raise ClientError("INTERNAL", None, f"undecodable output in the answer: {exc.message}") from exc
-        return result
+        return decode_infer_response(self._grpc.call(self._stub.ModelInfer, request, timeout))
 
     def repository_index(self, *, ready_only: bool = False, timeout: float | None = None) -> list[dict[str, str]]:
         answer = self._grpc.call(self._stub.RepositoryIndex, inference_pb2.RepositoryIndexRequest(ready=ready_only), timeout)
@@ -655,6 +642,7 @@ __all__ = [
     "V2GrpcClient",
     "V2RestClient",
     "decode_infer_answer",
+    "decode_infer_response",
     "encode_infer_body",
     "parse_classes",
     "version_string",

@@ -43,6 +43,22 @@ DATATYPES: dict[str, np.dtype] = {
 }
 _NAMES = {dtype: name for name, dtype in DATATYPES.items()}
 
+# V2 datatype -> the field of gRPC's InferTensorContents that holds its values (FP16 has none: raw only).
+CONTENTS_FIELDS: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
 # Which JSON value kinds (numpy's kind of np.asarray(data)) each datatype family takes.
 _ACCEPTED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
 
@@ -76,10 +92,10 @@ def decode_values(datatype: Any, shape: Any, data: Any, name: str, max_bytes: in
     dims = _shape(shape, name)
     count = codec.check_shape(dims, dtype.itemsize if dtype != codec.STRING else 1, max_bytes, name)
     if dtype == codec.STRING:
-        flat = np.empty(count, dtype=codec.STRING)
         values = list(_flatten(data))
-        if len(values) != count:
+        if len(values) != count:  # before anything the shape claims is allocated
             raise InvalidArgument(f"input '{name}': shape {list(dims)} needs {count} values, got {len(values)}")
+        flat = np.empty(count, dtype=codec.STRING)
         for index, value in enumerate(values):
             if isinstance(value, str):
                 flat[index] = value.encode("utf-8")
@@ -103,6 +119,17 @@ def decode_values(datatype: Any, shape: Any, data: Any, name: str, max_bytes: in
         if low < info.min or high > info.max:
             raise InvalidArgument(f"input '{name}': values out of the range of {datatype}")
     return given.astype(dtype, copy=False).reshape(dims)
+
+
+def decode_contents(datatype: Any, shape: Any, contents: Any, name: str, max_bytes: int) -> np.ndarray:
+    """A tensor given as typed gRPC `contents` (an InferTensorContents) -> numpy."""
+    dtype_of(datatype, name)  # unknown datatypes first
+    field = CONTENTS_FIELDS.get(datatype)
+    if field is None:
+        raise InvalidArgument(f"input '{name}': {datatype} has no typed contents field: send it in raw_input_contents")
+    values = getattr(contents, field)
+    data: Any = list(values) if datatype == "BYTES" else np.asarray(values, dtype=DATATYPES[datatype])
+    return decode_values(datatype, shape, data, name, max_bytes)
 
 
 def _flatten(value: Any) -> Any:

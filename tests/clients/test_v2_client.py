@@ -23,11 +23,13 @@ from clients.v2_client import (
     V2GrpcClient,
     V2RestClient,
     decode_infer_answer,
+    decode_infer_response,
     encode_infer_body,
     parse_classes,
     version_string,
 )
 from serving import codec
+from serving.proto import inference_pb2
 from tests.serving.fixtures import REPO_ROOT, ServerProcess, reference_probabilities
 
 pytestmark = pytest.mark.slow
@@ -173,3 +175,24 @@ def test_classes_and_versions() -> None:
     assert (version_string(None, None), version_string(3, None), version_string(None, "stable")) == ("", "3", "stable")
     with pytest.raises(ClientError):
         version_string(3, "stable")
+
+
+def test_grpc_answers_in_typed_contents_or_raw() -> None:
+    """Servers that answer typed `contents` (not raw bytes) decode the same; a shape the values do
+    not fill is an INTERNAL error, not an allocation of what the shape claims."""
+    answer = inference_pb2.ModelInferResponse()
+    scores = answer.outputs.add(name="scores", datatype="FP32", shape=[1, 3])
+    scores.contents.fp32_contents.extend([0.5, 0.25, 0.25])
+    tags = answer.outputs.add(name="tags", datatype="BYTES", shape=[2])
+    tags.contents.bytes_contents.extend([b"a", b"\xff"])
+    decoded = decode_infer_response(answer)
+    assert decoded["scores"].dtype == np.float32 and decoded["scores"].tolist() == [[0.5, 0.25, 0.25]]
+    assert decoded["tags"].tolist() == [b"a", b"\xff"]
+    raw = inference_pb2.ModelInferResponse()
+    raw.outputs.add(name="scores", datatype="FP32", shape=[1, 3])
+    raw.raw_output_contents.append(np.array([0.5, 0.25, 0.25], "<f4").tobytes())
+    np.testing.assert_array_equal(decode_infer_response(raw)["scores"], decoded["scores"])
+    tags.shape[0] = 10**12  # claims a trillion strings
+    with pytest.raises(ClientError) as raised:
+        decode_infer_response(answer)
+    assert raised.value.code == "INTERNAL" and "needs 1000000000000 values, got 2" in raised.value.message

@@ -38,9 +38,11 @@ from serving.errors import InvalidArgument, NotFound
 from serving.protocol import Services
 from serving.repository import ModelVersion, Repository
 from serving.v2_codec import (  # noqa: F401  (the tensors' half of this module: see serving.v2_codec)
+    CONTENTS_FIELDS,
     DATATYPES,
     SIGNATURE_PARAMETER,
     datatype_of,
+    decode_contents,
     decode_raw,
     decode_values,
     dtype_of,
@@ -198,7 +200,10 @@ def classification_count(parameters: Mapping[str, Any], name: str) -> int:
 def _check_classifiable(name: str, dtype: np.dtype, shape: Sequence[int] | None) -> None:
     """Numeric (integers or floats) of rank 2 ([batch, classes]); `shape` None: rank not known yet."""
     if np.dtype(dtype).kind not in "iuf":
-        datatype = {v: k for k, v in DATATYPES.items()}.get(np.dtype(dtype), str(dtype))
+        try:
+            datatype = datatype_of(dtype)
+        except InvalidArgument:  # a dtype V2 has no name for
+            datatype = str(dtype)
         raise InvalidArgument(
             f"output '{name}' is {datatype}: the classification extension ranks numeric outputs only"
         )

@@ -37,20 +37,6 @@ from serving.repository import State
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 # Typed contents field of each datatype (FP16 has none: raw only).
-_CONTENTS = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
 
 
 class _Named:
@@ -216,31 +202,26 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer, tf_grpc.
         response = inference_pb2.ModelInferResponse(
             model_name=target.name, model_version=str(result.version.version), id=message.id
         )
-        as_raw = bool(raw) or any(common.datatype_of(v.dtype) not in _CONTENTS for v in outputs.values())
+        as_raw = bool(raw) or any(common.datatype_of(v.dtype) not in common.CONTENTS_FIELDS for v in outputs.values())
         for name, value in outputs.items():
             datatype = common.datatype_of(value.dtype)
             entry = response.outputs.add(name=name, datatype=datatype, shape=common.shape_of(value))
             if as_raw:
                 response.raw_output_contents.append(common.encode_raw(value))
             else:
-                field = getattr(entry.contents, _CONTENTS[datatype])
+                field = getattr(entry.contents, common.CONTENTS_FIELDS[datatype])
                 flat = value.reshape(-1)
                 field.extend(list(flat) if value.dtype == codec.STRING else flat.tolist())
         return response
 
     def _typed_input(self, tensor: Any, shape: list[int]) -> np.ndarray:
-        name, datatype = tensor.name, tensor.datatype
+        name, datatype, contents = tensor.name, tensor.datatype, tensor.contents
         common.dtype_of(datatype, name)  # unknown datatypes first
-        field = _CONTENTS.get(datatype)
-        if field is None:
-            raise InvalidArgument(f"input '{name}': {datatype} has no typed contents field: send it in raw_input_contents")
-        contents = tensor.contents
-        for other in set(_CONTENTS.values()) - {field}:
+        field = common.CONTENTS_FIELDS.get(datatype)
+        for other in set(common.CONTENTS_FIELDS.values()) - {field} if field is not None else ():
             if len(getattr(contents, other)):
                 raise InvalidArgument(f"input '{name}' is {datatype}: its values go in contents.{field}, not {other}")
-        values = getattr(contents, field)
-        data: Any = list(values) if datatype == "BYTES" else np.asarray(values, dtype=common.DATATYPES[datatype])
-        return common.decode_values(datatype, shape, data, name, self.max_bytes)
+        return common.decode_contents(datatype, shape, contents, name, self.max_bytes)
 
     # -- the model repository extension ----------------------------------------------------------
 
