@@ -3,7 +3,8 @@
 A standalone asyncio class with no RPC knowledge. Each caller awaits its own future; requests are
 grouped while the first one waits at most `batch_timeout_micros` (or until `max_batch_size` rows
 are queued), concatenated along the batch axis, run once in a worker thread, and split back by row
-count (batches are cut only when an engine slot is free, see `_dispatch`). A failed batch fails
+count (batches are cut only when an engine slot is free, see `_dispatch`, and an engine thread that
+finishes a batch takes the next due one itself, see `_work`). A failed batch fails
 every caller in it with the cause; a result whose row count does not
 match the batch is an error, never a silent mix-up. Only requests whose tensors agree on everything
 but the batch dimension share a batch. With `allowed_batch_sizes`, a batch is padded up to the next
@@ -28,7 +29,9 @@ TF Serving's BatchingParameters, as its batching session reads them:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
@@ -79,14 +82,6 @@ class _Pending:
     record: RequestRecord | None = field(default_factory=current_record)  # the caller's access-log / trace record
 
 
-def _computed(batch: Sequence[_Pending], started: float) -> None:
-    """Tell each caller's record (if any) that its batch ran from `started` until now."""
-    ended = time.perf_counter()
-    for pending in batch:
-        if pending.record is not None:
-            pending.record.computed(started, ended)
-
-
 class Batcher:
     def __init__(
         self,
@@ -111,11 +106,15 @@ class Batcher:
         # (rows, requests) -> whether a batch that size, answering that many requests, is cheap
         # enough to run on the event loop itself.
         self._inline = inline or (lambda rows, requests: False)
+        # The queues, `queued_rows` and `_free_slots` are shared with the engine threads (which take
+        # the next batch themselves, see `_work`): changed only under `_lock`.
+        self._lock = threading.Lock()
         self._queues: dict[tuple[object, ...], list[_Pending]] = {}
         self._timers: dict[tuple[object, ...], asyncio.TimerHandle] = {}
         self._scheduled: set[tuple[object, ...]] = set()
         self._free_slots = config.num_batch_threads
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._workers: set[asyncio.Future[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.queued_rows = 0
         # The most rows of one engine call: max_execution_batch_size with splitting.
         self._limit = config.execution_batch_size
@@ -151,8 +150,9 @@ class Batcher:
 
     def _enqueue(self, key: tuple[object, ...], inputs: Tensors, rows: int) -> asyncio.Future[dict[str, np.ndarray]]:
         pending = _Pending(inputs, rows, asyncio.get_running_loop().create_future())
-        self._queues.setdefault(key, []).append(pending)
-        self.queued_rows += rows
+        with self._lock:
+            self._queues.setdefault(key, []).append(pending)
+            self.queued_rows += rows
         if key not in self._scheduled:
             # Cut batches at the end of this event-loop turn, so requests decoded in the same turn
             # (several streams arrive in one read) share a batch even on an idle engine.
@@ -185,8 +185,9 @@ class Batcher:
         """TF Serving's split: the first piece fills the room left in the batch now being formed
         (the queue's last batch, as `_dispatch` will cut it), the rest are full batches and a tail."""
         fill = 0
-        for pending in self._queues.get(key, ()):
-            fill = pending.rows if fill + pending.rows > self._limit else fill + pending.rows
+        with self._lock:
+            for pending in self._queues.get(key, ()):
+                fill = pending.rows if fill + pending.rows > self._limit else fill + pending.rows
         room = self._limit - fill if 0 < fill < self._limit else self._limit
         sizes = [min(room, rows)]
         left = rows - sizes[0]
@@ -200,7 +201,7 @@ class Batcher:
         if self._on_dequeue is not None:
             self._on_dequeue(rows, 0.0)
         started = time.perf_counter()
-        outputs = self._concat_and_run([inputs], rows, padded)
+        outputs = self._concat_and_run([inputs], rows)
         if self._observe is not None:
             self._observe(rows, padded, time.perf_counter() - started)
         computed(started, time.perf_counter())
@@ -218,38 +219,66 @@ class Batcher:
         growing into larger batches instead of closed batches waiting in line (Triton's dynamic
         batcher behaves this way; with a zero timeout it never delays a request on an idle engine).
         """
-        queue = self._queues.get(key)
         loop = asyncio.get_running_loop()
-        while queue and self._free_slots > 0:
-            timeout = self.config.batch_timeout_micros / 1e6
-            waited = time.perf_counter() - queue[0].enqueued
-            if sum(p.rows for p in queue) < self._limit and waited < timeout:
-                if key not in self._timers:
-                    self._timers[key] = loop.call_later(timeout - waited, self._on_timer, key)
-                return
-            # Take whole requests up to the batch size limit; a single request larger than the
-            # limit (the data plane refuses those, or they were split) would run on its own.
-            batch = [queue.pop(0)]
-            rows = batch[0].rows
-            while queue and rows + queue[0].rows <= self._limit:
-                rows += queue[0].rows
-                batch.append(queue.pop(0))
-            if self._on_dequeue is not None:
-                now = time.perf_counter()
-                for pending in batch:
-                    self._on_dequeue(pending.rows, now - pending.enqueued)
-            if self._inline(self._padded(rows), len(batch)):
+        self._loop = loop
+        while True:
+            with self._lock:
+                queue = self._queues.get(key)
+                if not queue:
+                    self._forget(key)
+                    return
+                if self._free_slots == 0:
+                    return  # a busy engine thread takes the next batch when it finishes (`_work`)
+                if not self._due(queue, time.perf_counter()):
+                    if key not in self._timers:
+                        waited = time.perf_counter() - queue[0].enqueued
+                        self._timers[key] = loop.call_later(
+                            self.config.batch_timeout_micros / 1e6 - waited, self._on_timer, key
+                        )
+                    return
+                batch, rows = self._cut(key, queue)
+                inline = self._inline(self._padded(rows), len(batch))
+                if not inline:
+                    self._free_slots -= 1
+            if inline:
                 self._execute_inline(batch)
                 continue
-            self._free_slots -= 1
-            task = loop.create_task(self._execute(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            worker = loop.run_in_executor(self._executor, self._work, batch)
+            self._workers.add(worker)
+            worker.add_done_callback(self._workers.discard)
+
+    def _due(self, queue: list[_Pending], now: float) -> bool:
+        """Whether the queue's next batch may be cut now: full, or its oldest request waited enough."""
+        return (
+            now - queue[0].enqueued >= self.config.batch_timeout_micros / 1e6
+            or sum(p.rows for p in queue) >= self._limit
+        )
+
+    def _cut(self, key: tuple[object, ...], queue: list[_Pending]) -> tuple[list[_Pending], int]:
+        """Take whole requests from the head of `queue` up to the batch size limit (under `_lock`).
+
+        A single request larger than the limit (the data plane refuses those, or they were split)
+        runs on its own.
+        """
+        batch = [queue.pop(0)]
+        rows = batch[0].rows
+        while queue and rows + queue[0].rows <= self._limit:
+            rows += queue[0].rows
+            batch.append(queue.pop(0))
         if not queue:
             self._queues.pop(key, None)
-            timer = self._timers.pop(key, None)
-            if timer is not None:
-                timer.cancel()
+        if self._on_dequeue is not None:
+            now = time.perf_counter()
+            for pending in batch:
+                self._on_dequeue(pending.rows, now - pending.enqueued)
+        return batch, rows
+
+    def _forget(self, key: tuple[object, ...]) -> None:
+        """`key` has nothing queued: drop its queue and its timer."""
+        self._queues.pop(key, None)
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
 
     def _on_timer(self, key: tuple[object, ...]) -> None:
         self._timers.pop(key, None)
@@ -263,21 +292,60 @@ class Batcher:
 
     def _execute_inline(self, batch: list[_Pending]) -> None:
         """Run a cheap batch right here on the event loop (no thread hop), then answer its callers."""
+        started = time.perf_counter()
         try:
             live = [p for p in batch if not p.future.cancelled()]
-            if live:
-                rows = sum(p.rows for p in live)
-                padded = self._padded(rows)
-                started = time.perf_counter()
-                outputs = self._concat_and_run([p.inputs for p in live], rows, padded)
-                if self._observe is not None:
-                    self._observe(rows, padded, time.perf_counter() - started)
-                _computed(live, started)
-                self._answer(live, outputs)
+            outputs = self._concat_and_run([p.inputs for p in live], sum(p.rows for p in live)) if live else None
         except Exception as exc:
             self._fail(batch, exc)
+        else:
+            self._deliver(live, outputs, started, time.perf_counter())
         finally:
-            self.queued_rows -= sum(p.rows for p in batch)
+            with self._lock:
+                self.queued_rows -= sum(p.rows for p in batch)
+
+    def _work(self, batch: list[_Pending] | None) -> None:
+        """An engine thread: run `batch`, hand its answers to the event loop, and go on with the next
+        due batch of any queue (the one whose oldest request waited longest) while there is one.
+
+        Taking the next batch here, instead of returning to the event loop to have it cut, keeps the
+        engine busy while the loop is busy reading and answering calls: with 32 callers of 32 digits
+        each, batching on was 0.8x batching off before this (the engine waited for the loop).
+        """
+        loop = self._loop
+        assert loop is not None
+        waiting = False
+        while batch is not None:
+            started = time.perf_counter()
+            live = [p for p in batch if not p.future.cancelled()]
+            try:
+                outputs = self._concat_and_run([p.inputs for p in live], sum(p.rows for p in live)) if live else None
+            except Exception as exc:
+                answer = functools.partial(self._fail, batch, exc)
+            else:
+                answer = functools.partial(self._deliver, live, outputs, started, time.perf_counter())
+            with self._lock:  # (before the answer: a caller that has its answer sees the rows gone)
+                self.queued_rows -= sum(p.rows for p in batch)
+                batch = self._next_due()
+                if batch is None:
+                    self._free_slots += 1
+                    waiting = bool(self._queues)
+            loop.call_soon_threadsafe(answer)
+        if waiting:  # not due yet: the loop arms its timers (or finds them due by now)
+            loop.call_soon_threadsafe(self._dispatch_all)
+
+    def _next_due(self) -> list[_Pending] | None:
+        """Under `_lock`: the next batch an engine thread may take, from the queue that waited longest."""
+        now = time.perf_counter()
+        due = [(queue[0].enqueued, key) for key, queue in self._queues.items() if queue and self._due(queue, now)]
+        if not due:
+            return None
+        _, key = min(due, key=lambda entry: entry[0])
+        return self._cut(key, self._queues[key])[0]
+
+    def _dispatch_all(self) -> None:
+        for key in list(self._queues):
+            self._dispatch(key)
 
     @staticmethod
     def _fail(batch: list[_Pending], exc: BaseException) -> None:
@@ -286,43 +354,27 @@ class Batcher:
             if not pending.future.done():
                 pending.future.set_exception(exc)
 
-    @staticmethod
-    def _answer(live: list[_Pending], outputs: dict[str, np.ndarray]) -> None:
+    def _deliver(
+        self, live: list[_Pending], outputs: dict[str, np.ndarray] | None, started: float, ended: float
+    ) -> None:
+        """On the event loop: record the engine call and give each caller its rows of the outputs."""
+        if outputs is None:  # every caller had gone
+            return
+        rows = sum(p.rows for p in live)
+        if self._observe is not None:
+            self._observe(rows, self._padded(rows), ended - started)
         offset = 0
         for pending in live:
+            if pending.record is not None:
+                pending.record.computed(started, ended)
             part = {name: value[offset : offset + pending.rows] for name, value in outputs.items()}
             offset += pending.rows
             if not pending.future.done():
                 pending.future.set_result(part)
 
-    async def _execute(self, batch: list[_Pending]) -> None:
-        try:
-            live = [p for p in batch if not p.future.cancelled()]
-            if not live:
-                return
-            rows = sum(p.rows for p in live)
-            padded = self._padded(rows)
-            started = time.perf_counter()
-            loop = asyncio.get_running_loop()
-            outputs = await loop.run_in_executor(
-                self._executor, self._concat_and_run, [p.inputs for p in live], rows, padded
-            )
-            if self._observe is not None:
-                self._observe(rows, padded, time.perf_counter() - started)
-            _computed(live, started)
-            self._answer(live, outputs)
-        except BaseException as exc:
-            self._fail(batch, exc)
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            self.queued_rows -= sum(p.rows for p in batch)
-            self._free_slots += 1
-            for key in list(self._queues):
-                self._dispatch(key)
-
-    def _concat_and_run(self, parts: list[Tensors], rows: int, padded: int) -> dict[str, np.ndarray]:
-        """One engine call on the requests' tensors stacked (and padded to `padded` rows)."""
+    def _concat_and_run(self, parts: list[Tensors], rows: int) -> dict[str, np.ndarray]:
+        """One engine call on the requests' tensors stacked (and padded to an allowed batch size)."""
+        padded = self._padded(rows)
         if self.config.pad_variable_length_inputs and len(parts) > 1:
             # Same names, dtypes and ranks (the batch key); non-batch dimensions may differ.
             dims = {
@@ -353,10 +405,12 @@ class Batcher:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        for queue in self._queues.values():
-            for pending in queue:
-                if not pending.future.done():
-                    pending.future.set_exception(Unavailable("the model version is being unloaded; retry"))
-        self._queues.clear()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        with self._lock:
+            queued = [pending for queue in self._queues.values() for pending in queue]
+            self.queued_rows -= sum(pending.rows for pending in queued)
+            self._queues.clear()
+        for pending in queued:
+            if not pending.future.done():
+                pending.future.set_exception(Unavailable("the model version is being unloaded; retry"))
+        if self._workers:
+            await asyncio.gather(*self._workers, return_exceptions=True)

@@ -131,6 +131,34 @@ async def test_requests_arriving_while_the_engine_is_busy_form_one_batch() -> No
     assert [float(r["y"][0, 0]) for r in results[1:]] == [0.0, 2.0, 4.0, 6.0, 8.0]
 
 
+async def test_an_engine_thread_takes_the_next_batch_without_the_event_loop() -> None:
+    # The engine thread that finishes a batch cuts and runs the next due one itself: the event loop
+    # may be busy (reading and answering other calls) and the engine does not wait for it.
+    release, second_ran = threading.Event(), threading.Event()
+    sizes: list[int] = []
+
+    def engine(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sizes.append(len(inputs["x"]))
+        if len(sizes) == 1:
+            release.wait(10)
+        else:
+            second_ran.set()
+        return {"y": inputs["x"] * 2}
+
+    batcher = Batcher(engine, config(num_batch_threads=1, batch_timeout_micros=0))
+    first = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1), np.float32)}))
+    while not sizes:  # the first batch is running in the engine thread
+        await asyncio.sleep(0.001)
+    queued = [asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1), np.float32)})) for _ in range(3)]
+    await asyncio.sleep(0)  # queued behind the busy slot
+    release.set()
+    # The event loop is blocked here: only the engine thread can start the second batch.
+    assert second_ran.wait(10), "the second batch waited for the event loop"
+    results = await asyncio.gather(first, *queued)
+    assert sizes == [1, 3] and all(r["y"].shape == (1, 1) for r in results)
+    assert batcher.queued_rows == 0
+
+
 async def test_close_fails_queued_requests() -> None:
     engine = Recorder(delay=0.2)
     batcher = Batcher(engine, config(num_batch_threads=1, batch_timeout_micros=0))

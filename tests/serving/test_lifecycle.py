@@ -103,11 +103,16 @@ class Callers:
         with self._lock:
             return len(self.outcomes)
 
-    def wait_for(self, calls: int, timeout: float = 60) -> None:
+    def wait_for(self, calls: int, timeout: float = 60, running: float = 0.0) -> None:
+        """Until `calls` calls have ended and (with `running`) the first began `running` s ago."""
         deadline = time.monotonic() + timeout
-        while self.count() < calls:
+        while self.count() < calls or time.monotonic() - self._first_started() < running:
             assert time.monotonic() < deadline, f"only {self.count()} calls in {timeout}s"
             time.sleep(0.01)
+
+    def _first_started(self) -> float:
+        with self._lock:
+            return min((o.started for o in self.outcomes), default=time.monotonic())
 
 
 def _states(target: str) -> dict[int, int]:
@@ -194,7 +199,8 @@ def test_sigterm_under_load_answers_every_admitted_request(
     )
     server_factory.append(server)
     with Callers(server.grpc_target, images) as callers:
-        callers.wait_for(100)
+        # Calls that began well before the signal must exist for the check below to mean anything.
+        callers.wait_for(100, running=1.0)
         signalled = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(30) == 0, server.log()
