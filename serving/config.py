@@ -157,6 +157,7 @@ class ServerConfig:
     model_config_file: Path | None = None
     tls: TlsConfig | None = None
     inline_engine_micros: float = 200.0
+    tune_malloc: bool = True  # glibc thresholds for request-sized buffers (serving.malloc)
     workers: int = 1
     grpc_channel_arguments: tuple[tuple[str, int | str], ...] = ()
     limits: Limits = field(default_factory=Limits)
@@ -483,6 +484,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=ServerConfig.inline_engine_micros,
         help="engine calls expected (from the warm-up timing) to take less than this run on the event "
         "loop, not a worker thread; 0 disables",
+    )
+    _add_bool(
+        add,
+        "--tune_malloc",
+        ServerConfig.tune_malloc,
+        "glibc: serve request-sized buffers (up to 4 MiB) from the heap and keep 64 MiB of freed memory "
+        "for reuse, so big request bodies do not fault in fresh pages on every call; off: glibc's defaults",
     )
     add(
         "--workers",
@@ -833,6 +841,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         else None,
         grpc_channel_arguments=parse_channel_arguments(args.grpc_channel_arguments),
         inline_engine_micros=args.inline_engine_micros,
+        tune_malloc=args.tune_malloc,
         workers=args.workers,
         limits=limits,
         auth_token_file=Path(args.auth_token_file).resolve() if args.auth_token_file else None,

@@ -410,6 +410,10 @@ async def _watch_workers(running: RunningServer) -> None:
 
 
 async def serve(config: ServerConfig, readiness: Readiness | None = None) -> None:
+    if config.tune_malloc:
+        from serving.malloc import tune_malloc
+
+        log.info("%s", tune_malloc())
     running = await start(config, readiness)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
