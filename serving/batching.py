@@ -92,11 +92,15 @@ class Batcher:
         inline: Callable[[int, int], bool] | None = None,
         on_submit: SubmitObserver | None = None,
         on_dequeue: DequeueObserver | None = None,
+        preferred_rows: int = 0,
     ) -> None:
         """`observe` sees every engine call; `on_submit` every request as it is submitted (before the
         queue-full check, where TF Serving's batching session records its input sizes);
         `on_dequeue` every task (a request, or a piece of a split one) as a batch takes it, with the
-        time it waited (zero for a request run at once on an idle engine)."""
+        time it waited (zero for a request run at once on an idle engine). With `preferred_rows`
+        (--preferred_batch_size), requests are merged only up to that many rows, where an engine's
+        cost per row stops falling: a batch is full at that size, and a request larger than it still
+        runs whole, alone."""
         self._run_batch = run_batch
         self.config = config
         self._executor = executor
@@ -118,6 +122,8 @@ class Batcher:
         self.queued_rows = 0
         # The most rows of one engine call: max_execution_batch_size with splitting.
         self._limit = config.execution_batch_size
+        # The most rows requests are merged into (a batch is full at this size).
+        self._merge_limit = min(self._limit, preferred_rows) if preferred_rows > 0 else self._limit
 
     @property
     def _max_queued_rows(self) -> int:
@@ -251,18 +257,18 @@ class Batcher:
         """Whether the queue's next batch may be cut now: full, or its oldest request waited enough."""
         return (
             now - queue[0].enqueued >= self.config.batch_timeout_micros / 1e6
-            or sum(p.rows for p in queue) >= self._limit
+            or sum(p.rows for p in queue) >= self._merge_limit
         )
 
     def _cut(self, key: tuple[object, ...], queue: list[_Pending]) -> tuple[list[_Pending], int]:
-        """Take whole requests from the head of `queue` up to the batch size limit (under `_lock`).
+        """Take whole requests from the head of `queue` up to the merge limit (under `_lock`).
 
-        A single request larger than the limit (the data plane refuses those, or they were split)
-        runs on its own.
+        A single request larger than the limit (over max_batch_size the data plane refuses it, or it
+        was split; over the preferred size it is simply big) runs on its own.
         """
         batch = [queue.pop(0)]
         rows = batch[0].rows
-        while queue and rows + queue[0].rows <= self._limit:
+        while queue and rows + queue[0].rows <= self._merge_limit:
             rows += queue[0].rows
             batch.append(queue.pop(0))
         if not queue:

@@ -158,6 +158,7 @@ class ServerConfig:
     tls: TlsConfig | None = None
     inline_engine_micros: float = 200.0
     tune_malloc: bool = True  # glibc thresholds for request-sized buffers (serving.malloc)
+    preferred_batch_size: int = 0  # with batching: merge requests up to this many rows (0: max_batch_size)
     workers: int = 1
     grpc_channel_arguments: tuple[tuple[str, int | str], ...] = ()
     limits: Limits = field(default_factory=Limits)
@@ -485,6 +486,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="engine calls expected (from the warm-up timing) to take less than this run on the event "
         "loop, not a worker thread; 0 disables",
     )
+    add(
+        "--preferred_batch_size",
+        type=int,
+        default=ServerConfig.preferred_batch_size,
+        help="with batching: requests are merged into batches of at most this many rows; a bigger "
+        "request still runs whole (up to max_batch_size). Set it where the engine's cost per row stops "
+        "falling (see the README's Speed section); 0: batches fill up to max_batch_size, as in TF Serving",
+    )
     _add_bool(
         add,
         "--tune_malloc",
@@ -806,6 +815,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
     intra, inter = _engine_threads(args)
     if args.rest_api_num_threads < 0:
         raise ConfigError("--rest_api_num_threads must be >= 0")
+    if args.preferred_batch_size < 0:
+        raise ConfigError("--preferred_batch_size must be >= 0 (0: batches fill up to max_batch_size)")
     if not 0 <= args.per_process_gpu_memory_fraction <= 1:
         raise ConfigError("--per_process_gpu_memory_fraction must be between 0.0 and 1.0")
     limits = _limits(args)
@@ -842,6 +853,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         grpc_channel_arguments=parse_channel_arguments(args.grpc_channel_arguments),
         inline_engine_micros=args.inline_engine_micros,
         tune_malloc=args.tune_malloc,
+        preferred_batch_size=args.preferred_batch_size,
         workers=args.workers,
         limits=limits,
         auth_token_file=Path(args.auth_token_file).resolve() if args.auth_token_file else None,

@@ -479,8 +479,11 @@ class DataPlane:
         inline_engine_seconds: float = 200e-6,
         limits: Limits | None = None,
         signature_method_name_check: bool = False,
+        preferred_batch_size: int = 0,
     ) -> None:
         self.repository = repository
+        # --preferred_batch_size: with batching, the most rows requests are merged into (0: no cap).
+        self.preferred_batch_size = preferred_batch_size
         # --enable_signature_method_name_check: Classify and Regress on a SavedModel need a
         # signature of that method, not just one of the right form (TF Serving's default: off).
         self.signature_method_name_check = signature_method_name_check
@@ -643,6 +646,7 @@ class DataPlane:
                 inline=lambda rows, requests: self._inline(version, signature, rows, requests),
                 on_submit=lambda tensors: metrics.batching_submitted(int(value.shape[0]) for value in tensors.values()),
                 on_dequeue=lambda rows, seconds: metrics.batching_dequeued(seconds),
+                preferred_rows=self.preferred_batch_size,
             )
             version.batchers[signature] = batcher
         return batcher

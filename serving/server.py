@@ -251,6 +251,7 @@ async def start(
         inline_engine_seconds=config.inline_engine_micros / 1e6,
         limits=config.limits,
         signature_method_name_check=config.enable_signature_method_name_check,
+        preferred_batch_size=config.preferred_batch_size,
     )
     tokens = TokenFile(config.auth_token_file) if config.auth_token_file else None
     # HandleReloadConfigRequest and the config file poll: relative base paths are read from the

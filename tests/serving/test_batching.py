@@ -159,6 +159,20 @@ async def test_an_engine_thread_takes_the_next_batch_without_the_event_loop() ->
     assert batcher.queued_rows == 0
 
 
+async def test_requests_merge_only_up_to_the_preferred_size() -> None:
+    # Past the preferred size (measured at warm-up) the engine's rows get dearer: four requests of
+    # one row queued behind a busy engine run as two batches of two; a bigger request still runs whole.
+    engine = Recorder(delay=0.05)
+    batcher = Batcher(engine, config(num_batch_threads=1, batch_timeout_micros=0), preferred_rows=2)
+    first = asyncio.ensure_future(batcher.submit({"x": np.ones((3, 1), np.float32)}))
+    while not engine.sizes:
+        await asyncio.sleep(0.001)
+    rest = await asyncio.gather(*(batcher.submit({"x": np.full((1, 1), i, np.float32)}) for i in range(4)))
+    assert (await first)["y"].shape == (3, 1)
+    assert engine.sizes == [3, 2, 2]
+    assert [float(r["y"][0, 0]) for r in rest] == [0.0, 2.0, 4.0, 6.0]
+
+
 async def test_close_fails_queued_requests() -> None:
     engine = Recorder(delay=0.2)
     batcher = Batcher(engine, config(num_batch_threads=1, batch_timeout_micros=0))

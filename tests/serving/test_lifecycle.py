@@ -10,6 +10,7 @@ from the server's own status API and from the callers' results.
 from __future__ import annotations
 
 import collections
+import re
 import shutil
 import signal
 import threading
@@ -271,3 +272,44 @@ def test_sigterm_under_rest_load_answers_every_admitted_request(
     assert set(statuses) <= {"200", "503", "closed"}, statuses
     assert all(status == "200" for started, status in outcomes if started < signalled[0] - 0.3), statuses
     assert not any(status == "closed" for started, status in outcomes if started < signalled[0])
+
+
+@pytest.mark.parametrize(("preferred", "most_rows"), [(0, 16), (4, 4)])
+def test_preferred_batch_size_caps_the_batches_requests_merge_into(
+    preferred: int, most_rows: int, tmp_path: Path, images: np.ndarray, server_factory: list[ServerProcess]
+) -> None:
+    """16 callers of 2 rows on a ~10 ms engine: batches merge several requests, up to max_batch_size
+    (16 here), or with --preferred_batch_size 4 up to 4 rows; every answer is still its own."""
+    import urllib.request
+
+    base = tmp_path / "models" / "tiny"
+    write_tiny_version(base, 1, slow=True)
+    batching = tmp_path / "batching.txt"
+    batching.write_text("max_batch_size { value: 16 } batch_timeout_micros { value: 0 } num_batch_threads { value: 1 }")
+    flags = ["--model_name", "tiny", "--model_base_path", str(base), "--enable_batching"]
+    flags += ["--batching_parameters_file", str(batching), "--preferred_batch_size", str(preferred)]
+    server = start_server(flags, tmp_path / "server.log")
+    server_factory.append(server)
+    with Callers(server.grpc_target, images) as callers:
+        callers.wait_for(100)
+    assert {o.code for o in callers.outcomes} == {grpc.StatusCode.OK}
+    expected = reference_probabilities(base / "1", images)
+    for outcome in callers.outcomes:
+        assert outcome.probabilities is not None
+        np.testing.assert_allclose(outcome.probabilities, expected, atol=1e-5)
+    with urllib.request.urlopen(f"{server.rest_url}/monitoring/prometheus/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+
+    def series(name: str) -> dict[str, float]:
+        return {
+            line.split("}")[0]: float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith(f"model_server_batch_size_{name}{{") and 'model_name="tiny"' in line
+        }
+
+    calls = sum(series("count").values())
+    rows = sum(series("sum").values())
+    by_size = {re.search(r'le="([^"]+)"', key)[1]: count for key, count in series("bucket").items()}  # type: ignore[index]
+    assert rows > 2 * calls, f"{calls} engine calls for {rows} rows: requests did not merge"
+    assert by_size[f"{float(most_rows)}"] == calls, by_size  # no batch over the cap
+    assert by_size[f"{float(most_rows // 2)}"] < calls, by_size  # and batches did reach it
