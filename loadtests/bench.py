@@ -240,7 +240,14 @@ def plot_points(points: Sequence[Point], path: Path, title: str) -> Path:
 
 
 def run_server(
-    model: str, base: Path, batching: bool, threads: int, log: Path, timeout_micros: int = 0, workers: int = 1
+    model: str,
+    base: Path,
+    batching: bool,
+    threads: int,
+    log: Path,
+    timeout_micros: int = 0,
+    workers: int = 1,
+    preferred_batch_size: int = 0,
 ) -> tuple[ServerProcess, str, str]:
     args = ["--model_name", model, "--model_base_path", str(base), "--file_system_poll_wait_seconds", "0"]
     args += ["--workers", str(workers)]
@@ -253,6 +260,7 @@ def run_server(
             "num_batch_threads { value: 2 } max_enqueued_batches { value: 1000 }"
         )
         args += ["--enable_batching", "--batching_parameters_file", str(config)]
+        args += ["--preferred_batch_size", str(preferred_batch_size)]
     server = launch(args, log)
     return server, server.grpc_target, server.rest_url
 
@@ -271,6 +279,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--batch-timeout-micros", type=int, default=0, help="batching run: how long a batch may wait to fill"
     )
     parser.add_argument("--workers", type=int, default=1, help="server processes (--workers)")
+    parser.add_argument(
+        "--preferred-batch-size",
+        type=int,
+        default=32,
+        help="batching runs: the server's --preferred_batch_size (32: where digits' cost per row stops "
+        "falling on one engine thread; 0: batches fill to max_batch_size 64)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     parser.add_argument(
         "--plot",
@@ -281,6 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     peers = parser.add_argument_group("--peers: this server beside KServe and a minimal gRPC floor")
     peers.add_argument("--peers", action="store_true", help="print the peer comparison table instead")
     peers.add_argument("--streams", type=int, default=32, help="requests in flight on the one connection")
+    peers.add_argument(
+        "--rounds", type=int, default=3, help="measure every contender this many times, alternating; report the median"
+    )
     peers.add_argument(
         "--load-generator",
         choices=("auto", "h2load", "python"),
@@ -305,10 +323,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 threads=args.threads or 1,  # like-for-like: every contender on one intra-op thread
                 workers=args.workers,
                 batch_timeout_micros=args.batch_timeout_micros,
+                preferred_batch_size=args.preferred_batch_size,
                 load_generator=args.load_generator,
                 kserve_venv=args.kserve_venv.resolve() if args.kserve_venv else None,
                 max_requests=args.max_requests,
                 json_path=args.json,
+                rounds=max(1, args.rounds),
             )
         )
 
@@ -341,6 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 Path(folder) / f"server-{batching}.log",
                 args.batch_timeout_micros,
                 args.workers,
+                args.preferred_batch_size,
             )
             try:
                 urllib.request.urlopen(f"{rest_url}/v1/models/{args.model}", timeout=10).read()

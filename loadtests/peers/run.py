@@ -1,7 +1,8 @@
 """`python -m loadtests.bench --peers`: one table, this server beside KServe and a minimal floor.
 
-Contenders, each alone on the machine in turn, each serving the same digits ONNX file with ONNX
-Runtime on one intra-op thread (by default):
+Contenders, all started at once and then measured in turn for `--rounds` rounds (the median round
+is reported, so a drift of a shared machine's speed touches all alike), each serving the same
+digits ONNX file with ONNX Runtime on one intra-op thread (by default):
 
 1. this server (`serving.launcher.launch`), batching off, then on (`batch_timeout_micros` 0), over
    TF Serving's Predict and then over the Open Inference Protocol's ModelInfer (the body KServe gets);
@@ -71,6 +72,8 @@ class PeersConfig:
     kserve_venv: Path | None  # None: .bench/kserve-venv in the repository
     max_requests: int  # cap per point for the Python load generator and the ORT loop
     json_path: Path | None = None
+    preferred_batch_size: int = 32  # this server's --preferred_batch_size when batching
+    rounds: int = 3  # each contender measured this many times, alternating; the median is reported
 
 
 @dataclass(frozen=True)
@@ -241,7 +244,14 @@ def start_this_server(
 
     log = folder / f"server-batching-{'on' if batching else 'off'}{'-v2' if v2 else ''}.log"
     server, target, _ = run_server(
-        "digits", base, batching, config.threads, log, config.batch_timeout_micros, config.workers
+        "digits",
+        base,
+        batching,
+        config.threads,
+        log,
+        config.batch_timeout_micros,
+        config.workers,
+        config.preferred_batch_size,
     )
     stack.callback(server.stop)
     name = this_server_name(batching, v2)
@@ -422,6 +432,13 @@ def measure(
 # -- report ----------------------------------------------------------------------------------------
 
 
+def median_point(points: list[PeerPoint]) -> PeerPoint:
+    """Of one contender's rounds at one request size, the round with the median req/s (the lower
+    of the two middle ones for an even count), so its CPU and latencies stay those of one run."""
+    ordered = sorted(points, key=lambda point: point.rps)
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def _ratio(value: float, reference: float | None) -> str:
     if reference is None or not reference or value != value or reference != reference:
         return "n/a"
@@ -513,49 +530,27 @@ def run_peers(config: PeersConfig) -> int:
     print(
         f"threads: ONNX Runtime {config.threads} intra-op thread(s) in this server and the floor, 1 in KServe and the "
         f"reference; this server: --workers {config.workers}, batching on = batch_timeout_micros "
-        f"{config.batch_timeout_micros}, max_batch_size 64"
+        f"{config.batch_timeout_micros}, max_batch_size 64, --preferred_batch_size {config.preferred_batch_size}"
     )
 
-    points: list[PeerPoint] = []
     failures: dict[str, str] = {}
-    for batch in batches.values():
-        points.append(ort_reference(session, batch, config.seconds, config.max_requests))
-
-    def contend(name: str, start: Callable[[ExitStack, Path], Contender]) -> None:
-        print(f"==> {name}", flush=True)
-        with ExitStack() as stack, tempfile.TemporaryDirectory() as scratch:
-            folder = Path(scratch)
-            try:
-                contender = start(stack, folder)
-                sizes = verify(contender, expected)
-                for count in IMAGES_PER_REQUEST:
-                    point = measure(contender, count, sizes[count], config, generator, folder)
-                    points.append(point)
-                    print(
-                        f"    {count:2d} images/req: {point.rps:8,.0f} req/s {point.images_per_second:9,.0f} images/s "
-                        f"CPU {point.cpu_us_per_request:7,.0f} µs/req p50 {point.p50_ms:6.2f} ms p99 {point.p99_ms:6.2f} ms"
-                        + (f"  ⚠ {point.problem}" if point.problem else ""),
-                        flush=True,
-                    )
-            except Exception as error:  # PeerError, LaunchError, H2loadError...: report it, stop, go on
-                failures[name] = f"{type(error).__name__}: {error}"
-                print(f"    FAILED: {failures[name]}", flush=True)
-
-    with _stopping_on_sigterm():
-        for v2 in (False, True):
-            for batching in (False, True):
-                contend(
-                    this_server_name(batching, v2),
-                    functools.partial(
-                        start_this_server,
-                        config=config,
-                        base=base,
-                        batching=batching,
-                        bodies=infer_bodies if v2 else predict_bodies,
-                        v2=v2,
-                    ),
-                )
-        contend(
+    starters: list[tuple[str, Callable[[ExitStack, Path], Contender]]] = [
+        (
+            this_server_name(batching, v2),
+            functools.partial(
+                start_this_server,
+                config=config,
+                base=base,
+                batching=batching,
+                bodies=infer_bodies if v2 else predict_bodies,
+                v2=v2,
+            ),
+        )
+        for v2 in (False, True)
+        for batching in (False, True)
+    ]
+    starters.append(
+        (
             KSERVE,
             functools.partial(
                 start_kserve,
@@ -564,16 +559,56 @@ def run_peers(config: PeersConfig) -> int:
                 bodies=infer_bodies,
             ),
         )
-        contend(
+    )
+    starters.append(
+        (
             "minimal grpc.aio floor",
             functools.partial(start_minimal, config=config, model_file=model_file, bodies=predict_bodies),
         )
+    )
+    rounds: dict[tuple[str, int], list[PeerPoint]] = {}
+    with _stopping_on_sigterm(), ExitStack() as stack, tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        # Every contender runs for the whole sitting (idle ones cost next to nothing), so the rounds
+        # can alternate between them: a drift of the machine's speed then touches all alike.
+        contenders: list[tuple[Contender, dict[int, int]]] = []
+        for name, start in starters:
+            print(f"==> starting {name}", flush=True)
+            try:
+                contender = start(stack, folder)
+                contenders.append((contender, verify(contender, expected)))
+            except Exception as error:  # PeerError, LaunchError...: report it, go on without it
+                failures[name] = f"{type(error).__name__}: {error}"
+                print(f"    FAILED: {failures[name]}", flush=True)
+        for round_number in range(1, config.rounds + 1):
+            print(f"-- round {round_number} of {config.rounds}", flush=True)
+            for count, batch in batches.items():
+                point = ort_reference(session, batch, config.seconds, config.max_requests)
+                rounds.setdefault((ORT_ROW, count), []).append(point)
+                for contender, sizes in contenders:
+                    if contender.name in failures:
+                        continue
+                    try:
+                        point = measure(contender, count, sizes[count], config, generator, folder)
+                    except Exception as error:  # H2loadError...: this contender is out of the table
+                        failures[contender.name] = f"{type(error).__name__}: {error}"
+                        print(f"    {contender.name} FAILED: {failures[contender.name]}", flush=True)
+                        continue
+                    rounds.setdefault((contender.name, count), []).append(point)
+                    print(
+                        f"    {contender.name:40s} {count:2d} images/req: {point.rps:8,.0f} req/s "
+                        f"CPU {point.cpu_us_per_request:7,.0f} µs/req p99 {point.p99_ms:6.2f} ms"
+                        + (f"  ⚠ {point.problem}" if point.problem else ""),
+                        flush=True,
+                    )
+    points = [median_point(measured) for (name, _), measured in rounds.items() if name not in failures]
 
     print()
     print(table(points, failures))
     print(
         "\nserver CPU: utime+stime of the server's process tree over the timed run (/proc); "
-        "ORT row: this process's CPU. Ratios: >1x means more images/s, or more CPU per request."
+        "ORT row: this process's CPU. Ratios: >1x means more images/s, or more CPU per request. "
+        f"Each row: the median of {config.rounds} rounds by req/s."
     )
     if config.json_path:
         config.json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -585,6 +620,11 @@ def run_peers(config: PeersConfig) -> int:
                     "load_generator": generator,
                     "streams": config.streams,
                     "seconds": config.seconds,
+                    "rounds": config.rounds,
+                    "req_per_second_by_round": {
+                        f"{name}, {count} images/req": [round(p.rps, 1) for p in measured]
+                        for (name, count), measured in rounds.items()
+                    },
                     "onnxruntime": metadata.version("onnxruntime"),
                     "points": [
                         asdict(p)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from loadtests.peers import h2load, procstat, wire
-from loadtests.peers.run import KSERVE, ORT_ROW, PeerPoint, percentiles, table
+from loadtests.peers.run import KSERVE, ORT_ROW, PeerPoint, median_point, percentiles, table
 from serving.proto import apis_pb2, tensor_pb2
 
 # h2load -c 1 -t 1 -m 32 -D 2 against the minimal floor (1 image per request)
@@ -227,3 +227,10 @@ def test_table_gives_ratios_vs_kserve_and_ort() -> None:
     ours = rows["| this server, batching off ⚠ 1 calls failed"]
     assert "| 0.50x | 0.25x | 2.00x | 20.00x |" in ours
     assert "not measured (PeerError: did not start)" in text
+
+
+def test_median_point_is_one_whole_round() -> None:
+    rounds = [PeerPoint("s", 1, requests, 0, 1.0, requests * 1e-4, 1.0 + requests, 2.0, "") for requests in (300, 100, 200)]
+    assert median_point(rounds) is rounds[2]  # 200 req/s, with its own CPU and latencies
+    assert median_point(rounds[:2]).requests == 100  # an even count: the lower middle
+    assert median_point(rounds[:1]) is rounds[0]
