@@ -298,17 +298,23 @@ class Batcher:
 
     def _execute_inline(self, batch: list[_Pending]) -> None:
         """Run a cheap batch right here on the event loop (no thread hop), then answer its callers."""
-        started = time.perf_counter()
         try:
-            live = [p for p in batch if not p.future.cancelled()]
-            outputs = self._concat_and_run([p.inputs for p in live], sum(p.rows for p in live)) if live else None
-        except Exception as exc:
-            self._fail(batch, exc)
-        else:
-            self._deliver(live, outputs, started, time.perf_counter())
+            answer = self._compute(batch)
         finally:
             with self._lock:
                 self.queued_rows -= sum(p.rows for p in batch)
+        answer()
+
+    def _compute(self, batch: list[_Pending]) -> Callable[[], None]:
+        """One engine call on the batch's live requests; returns what answers its callers, to be
+        called on the event loop (`_deliver` with the outputs, or `_fail` with the engine's error)."""
+        started = time.perf_counter()
+        live = [p for p in batch if not p.future.cancelled()]
+        try:
+            outputs = self._concat_and_run([p.inputs for p in live], sum(p.rows for p in live)) if live else None
+        except Exception as exc:
+            return functools.partial(self._fail, batch, exc)
+        return functools.partial(self._deliver, live, outputs, started, time.perf_counter())
 
     def _work(self, batch: list[_Pending] | None) -> None:
         """An engine thread: run `batch`, hand its answers to the event loop, and go on with the next
@@ -322,14 +328,7 @@ class Batcher:
         assert loop is not None
         waiting = False
         while batch is not None:
-            started = time.perf_counter()
-            live = [p for p in batch if not p.future.cancelled()]
-            try:
-                outputs = self._concat_and_run([p.inputs for p in live], sum(p.rows for p in live)) if live else None
-            except Exception as exc:
-                answer = functools.partial(self._fail, batch, exc)
-            else:
-                answer = functools.partial(self._deliver, live, outputs, started, time.perf_counter())
+            answer = self._compute(batch)
             with self._lock:  # (before the answer: a caller that has its answer sees the rows gone)
                 self.queued_rows -= sum(p.rows for p in batch)
                 batch = self._next_due()
