@@ -70,6 +70,10 @@ from serving.repository import ModelVersion
 
 log = logging.getLogger(__name__)
 
+# Per-request state the middlewares share with the body reader.
+RESERVED_BYTES = web.RequestKey("reserved_bytes", int)  # bytes of --rest_max_inflight_bytes this body holds
+CLOSE_CONNECTION = web.RequestKey("close_connection", bool)  # its body could not be read: close after the answer
+
 _PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
     r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
@@ -130,7 +134,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if (record := CURRENT.get()) is not None:  # its code name, which the HTTP status may not tell
             record.status = exc.grpc_code.name
         response = _error(exc.http_status, exc.message, _error_headers(exc))
-        if request.get("close_connection"):
+        if request.get(CLOSE_CONNECTION):
             response.force_close()
         return response
     except web.HTTPException as exc:
@@ -184,7 +188,7 @@ def _ended(record: RequestRecord, request: web.Request, http_status: int) -> Non
     record.http_status = http_status
     if http_status >= 400 and record.status == "OK":  # no ServingError named the code (see error_middleware)
         record.status = status_name(http_status)
-    record.request_bytes = max(record.request_bytes, request.get("reserved_bytes", 0))
+    record.request_bytes = max(record.request_bytes, request.get(RESERVED_BYTES, 0))
 
 
 def _peer(peername: Any) -> str:
@@ -304,7 +308,7 @@ class RestApi:
                 ) from None
             finally:
                 admission.exit()
-                self.inflight_bytes -= request.get("reserved_bytes", 0)
+                self.inflight_bytes -= request.get(RESERVED_BYTES, 0)
 
         middlewares: list[Middleware] = [error_middleware, admission_middleware]
         if self.telemetry is not None:
@@ -383,7 +387,7 @@ class RestApi:
                 f"pass the {limits.rest_max_inflight_bytes}-byte budget (--rest_max_inflight_bytes): retry later"
             )
         self.inflight_bytes += reserved
-        request["reserved_bytes"] = reserved
+        request[RESERVED_BYTES] = reserved
         try:
             async with asyncio.timeout(limits.rest_body_timeout_seconds):
                 raw = await request.read()
@@ -403,11 +407,11 @@ class RestApi:
             # The rest of this body cannot be read either: end it here (aiohttp would otherwise try
             # to drain it after the answer, and fail again) and close the connection after the answer.
             request.content.feed_eof()
-            request["close_connection"] = True
+            request[CLOSE_CONNECTION] = True
             raise InvalidArgument(f"cannot read the request body: {str(exc).strip()}") from None
         if len(raw) > reserved:  # chunked, or compressed: account for what was actually read
             self.inflight_bytes += len(raw) - reserved
-            request["reserved_bytes"] = len(raw)
+            request[RESERVED_BYTES] = len(raw)
         return raw
 
     async def predict(
