@@ -157,6 +157,7 @@ class ServerConfig:
     model_config_file: Path | None = None
     tls: TlsConfig | None = None
     inline_engine_micros: float = 200.0
+    engine_threads: int = 0  # engine calls at once (worker threads); 0: one per CPU the process may use
     tune_malloc: bool = True  # glibc thresholds for request-sized buffers (serving.malloc)
     preferred_batch_size: int = 0  # with batching: merge requests up to this many rows (0: max_batch_size)
     workers: int = 1
@@ -487,6 +488,14 @@ def build_parser() -> argparse.ArgumentParser:
         "loop, not a worker thread; 0 disables",
     )
     add(
+        "--engine_threads",
+        type=int,
+        default=ServerConfig.engine_threads,
+        help="worker threads for engine calls and input preparation, i.e. engine calls running at "
+        "once (with batching at least the batching parameters' num_batch_threads); 0 (auto): one per CPU this process may use "
+        "(affinity, capped by a cgroup CPU quota). Version loads have threads of their own",
+    )
+    add(
         "--preferred_batch_size",
         type=int,
         default=ServerConfig.preferred_batch_size,
@@ -815,6 +824,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
     intra, inter = _engine_threads(args)
     if args.rest_api_num_threads < 0:
         raise ConfigError("--rest_api_num_threads must be >= 0")
+    if args.engine_threads < 0:
+        raise ConfigError("--engine_threads must be >= 0 (0: one per CPU)")
     if args.preferred_batch_size < 0:
         raise ConfigError("--preferred_batch_size must be >= 0 (0: batches fill up to max_batch_size)")
     if not 0 <= args.per_process_gpu_memory_fraction <= 1:
@@ -852,6 +863,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         else None,
         grpc_channel_arguments=parse_channel_arguments(args.grpc_channel_arguments),
         inline_engine_micros=args.inline_engine_micros,
+        engine_threads=args.engine_threads,
         tune_malloc=args.tune_malloc,
         preferred_batch_size=args.preferred_batch_size,
         workers=args.workers,

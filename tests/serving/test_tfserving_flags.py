@@ -23,6 +23,7 @@ import pytest
 from serving import codec
 from serving.config import ConfigError, parse_args
 from serving.proto import apis_pb2, apis_pb2_grpc
+from serving.server import engine_thread_count
 from tests.serving.fixtures import REPO_ROOT, reference_probabilities, start_server, write_tiny_version
 
 # main.cc's flags and their types (tensorflow::Flag over int32/int64/float/bool/string).
@@ -258,3 +259,18 @@ def test_a_label_naming_an_unavailable_version_is_refused_at_start(tmp_path: Pat
         "cannot start: Request to assign label to version 9 of model tiny, which is not currently available "
         "for inference (label 'canary')" in server.log()
     )
+
+
+def test_engine_calls_get_one_thread_per_cpu_unless_told(base: Path, tmp_path: Path) -> None:
+    def count(cpus: int, *flags: str) -> int:
+        return engine_thread_count(parse_args([f"--model_base_path={base}", *flags]), cpus)
+
+    assert count(2) == 2 and count(16) == 16
+    assert count(2, "--engine_threads=3") == 3
+    # With batching every batch thread may hold an engine call at once.
+    batching = tmp_path / "batching.txt"
+    batching.write_text("num_batch_threads { value: 5 }\n")
+    five = ("--enable_batching", f"--batching_parameters_file={batching}")
+    assert count(2, *five) == 5 and count(8, *five) == 8
+    with pytest.raises(ConfigError, match="--engine_threads must be >= 0"):
+        parse_args([f"--model_base_path={base}", "--engine_threads=-1"])
