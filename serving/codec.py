@@ -133,9 +133,18 @@ def _shape_of(proto: tensor_pb2.TensorProto, name: str) -> tuple[int, ...]:
     return tuple(int(d.size) for d in proto.tensor_shape.dim)
 
 
-def to_numpy(proto: tensor_pb2.TensorProto, name: str = "tensor", max_bytes: int = 1 << 30) -> np.ndarray:
-    """Decode a TensorProto; raises InvalidArgument for anything malformed or larger than max_bytes."""
-    content = proto.tensor_content
+def to_numpy(
+    proto: tensor_pb2.TensorProto,
+    name: str = "tensor",
+    max_bytes: int = 1 << 30,
+    content: bytes | memoryview | None = None,
+) -> np.ndarray:
+    """Decode a TensorProto; raises InvalidArgument for anything malformed or larger than max_bytes.
+
+    `content`: the tensor's tensor_content when it was read apart from the message (a view into the
+    request's bytes, see `serving.protocol.grpc.inplace`); None: the message's own."""
+    if content is None:
+        content = proto.tensor_content
     if content:
         # The hot path (numeric tensors in tensor_content): every dim positive and the byte count
         # exact, checked with the fewest Python steps; anything else takes the general path below.
@@ -149,17 +158,17 @@ def to_numpy(proto: tensor_pb2.TensorProto, name: str = "tensor", max_bytes: int
     dtype = numpy_dtype(proto.dtype)
     shape = _shape_of(proto, name)
     count = check_shape(shape, 8 if dtype == STRING else dtype.itemsize, max_bytes, name)
-    if proto.tensor_content:
+    if content:
         if dtype == STRING:
             raise InvalidArgument(f"input '{name}': DT_STRING tensors cannot use tensor_content")
         expected = count * dtype.itemsize
-        if len(proto.tensor_content) != expected:
+        if len(content) != expected:
             raise InvalidArgument(
-                f"input '{name}': tensor_content has {len(proto.tensor_content)} bytes, "
+                f"input '{name}': tensor_content has {len(content)} bytes, "
                 f"shape {list(shape)} of {dtype.name} needs {expected}"
             )
         # frombuffer gives a read-only view of the message's bytes: no copy on the hot path.
-        return np.frombuffer(proto.tensor_content, dtype=dtype.newbyteorder("<")).reshape(shape)
+        return np.frombuffer(content, dtype=dtype.newbyteorder("<")).reshape(shape)
 
     field = _VALUE_FIELD[proto.dtype]
     values: Sequence[Any] = getattr(proto, field)

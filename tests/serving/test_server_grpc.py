@@ -97,6 +97,42 @@ def test_version_and_label_pick_the_version(stub: apis_pb2_grpc.PredictionServic
         np.testing.assert_allclose(codec.to_numpy(response.outputs["probabilities"]), expected, atol=1e-5)
 
 
+def test_large_requests_read_in_place_answer_and_fail_as_any_other(
+    server: ServerProcess, stub: apis_pb2_grpc.PredictionServiceStub, repo: Path
+) -> None:
+    """Over 64 KiB of tensor_content is read in place (serving.protocol.grpc.inplace): same answers,
+    same errors, and concatenated messages merge as protobuf merges them."""
+    batch, other = images(40, seed=5), images(40, seed=6)  # 125 KB of float32 pixels each
+    response = stub.Predict(predict_request({"image": batch}), timeout=10)
+    np.testing.assert_allclose(
+        codec.to_numpy(response.outputs["probabilities"]), reference_probabilities(repo / "2", batch), atol=1e-5
+    )
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        raw_predict = channel.unary_unary(
+            "/tensorflow.serving.PredictionService/Predict",
+            request_serializer=None,
+            response_deserializer=apis_pb2.PredictResponse.FromString,
+        )
+        # The second message's image replaces the first's, its version spec is merged in.
+        merged = predict_request({"image": batch}).SerializeToString()
+        merged += predict_request({"image": other}, version=1).SerializeToString()
+        response = raw_predict(merged, timeout=10)
+        assert response.model_spec.version.value == 1
+        np.testing.assert_allclose(
+            codec.to_numpy(response.outputs["probabilities"]), reference_probabilities(repo / "1", other), atol=1e-5
+        )
+        code, details = _code(lambda: raw_predict(merged[: len(merged) - 100], timeout=10))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "not a valid tensorflow.serving.PredictRequest" in details
+    short = predict_request({"image": batch})
+    short.inputs["image"].tensor_content = short.inputs["image"].tensor_content[:-4]
+    code, details = _code(lambda: stub.Predict(short, timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "tensor_content has 125436 bytes" in details, details
+    poisoned = batch.copy()
+    poisoned[39, 27, 27, 0] = np.nan
+    code, details = _code(lambda: stub.Predict(predict_request({"image": poisoned}), timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "NaN" in details
+
+
 def _code(call) -> tuple[grpc.StatusCode, str]:  # type: ignore[no-untyped-def]
     with pytest.raises(grpc.RpcError) as info:
         call()

@@ -39,6 +39,7 @@ from serving.errors import (
 from serving.metrics import Metrics
 from serving.proto import apis_pb2, apis_pb2_grpc, example_pb2
 from serving.protocol import Services, messages
+from serving.protocol.grpc.inplace import PredictCall, parse_predict
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def _authorization(context: grpc.aio.ServicerContext) -> str | None:
 
 
 def rpc(
-    api: str, request_type: type[Message]
+    api: str, request_type: type[Message], parse: Callable[[bytes], Any] | None = None
 ) -> Callable[[Method[Servicer, Request, Response]], Callable[[Servicer, bytes, grpc.aio.ServicerContext], Awaitable[Response]]]:
     """Wrap a servicer method once, at class definition: parsing, admission, auth, metrics, errors.
 
@@ -113,6 +114,7 @@ def rpc(
         method: Method[Servicer, Request, Response],
     ) -> Callable[[Servicer, bytes, grpc.aio.ServicerContext], Awaitable[Response]]:
         name = method.__name__
+        parse_request = parse or request_type.FromString
 
         @functools.wraps(method)
         async def guarded(self: Servicer, raw: bytes, context: grpc.aio.ServicerContext) -> Response:
@@ -141,7 +143,7 @@ def rpc(
                 if tokens is not None:
                     tokens.check(_authorization(context))
                 try:
-                    request = request_type.FromString(raw)
+                    request = parse_request(raw)
                 except DecodeError as exc:
                     raise InvalidArgument(
                         f"the request is not a valid {request_type.DESCRIPTOR.full_name} message: {exc}"
@@ -304,20 +306,22 @@ class PredictionService(apis_pb2_grpc.PredictionServiceServicer, _Servicer):
         # in tensor_content (--enable_serialization_as_tensor_content).
         self.tensor_content = tensor_content
 
-    @rpc("predict", apis_pb2.PredictRequest)
-    async def Predict(
-        self, request: apis_pb2.PredictRequest, context: grpc.aio.ServicerContext
-    ) -> apis_pb2.PredictResponse:
-        spec = request.model_spec
+    @rpc("predict", apis_pb2.PredictRequest, parse_predict)
+    async def Predict(self, request: PredictCall, context: grpc.aio.ServicerContext) -> apis_pb2.PredictResponse:
+        message, contents = request.message, request.contents
+        spec = message.model_spec
         version, label = _version_choice(spec)
-        inputs = {name: codec.to_numpy(tensor, name, self.max_bytes) for name, tensor in request.inputs.items()}
+        inputs = {
+            name: codec.to_numpy(tensor, name, self.max_bytes, contents.get(name))
+            for name, tensor in message.inputs.items()
+        }
         result = await self.dataplane.predict(
             spec.name,
             inputs,
             version=version,
             label=label,
             signature=spec.signature_name,
-            output_filter=request.output_filter,
+            output_filter=message.output_filter,
         )
         response = apis_pb2.PredictResponse(model_spec=messages.model_spec(result.version, result.signature))
         for name, value in result.outputs.items():
