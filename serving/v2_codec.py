@@ -140,7 +140,7 @@ def _flatten(value: Any) -> Any:
         yield value
 
 
-def decode_raw(datatype: Any, shape: Any, raw: bytes, name: str, max_bytes: int) -> np.ndarray:
+def decode_raw(datatype: Any, shape: Any, raw: bytes | memoryview, name: str, max_bytes: int) -> np.ndarray:
     """A tensor's raw little-endian bytes (BYTES: 4-byte length + bytes per element) -> numpy."""
     dtype = dtype_of(datatype, name)
     dims = _shape(shape, name)

@@ -1,4 +1,4 @@
-"""`parse_predict` reads large tensor_content payloads in place and means what protobuf means.
+"""`parse_predict` and `parse_model_infer` read large payloads in place and mean what protobuf means.
 
 For every request the in-place parse must give what `PredictRequest.FromString` gives: the same
 message once each payload is put back, the same arrays, the same DecodeError for broken bytes. The
@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from serving import codec
 from serving.errors import InvalidArgument
-from serving.proto import apis_pb2, tensor_pb2
-from serving.protocol.grpc.inplace import IN_PLACE_MIN_BYTES, parse_predict
+from serving.proto import apis_pb2, inference_pb2, tensor_pb2
+from serving.protocol.grpc.inplace import IN_PLACE_MIN_BYTES, parse_model_infer, parse_predict
 
 BIG = IN_PLACE_MIN_BYTES // 4  # float32 elements in one in-place payload
 
@@ -177,3 +177,62 @@ def test_any_request_or_corruption_of_one_parses_as_protobuf_parses_it(
             parse_predict(data)
         return
     assert_same_as_protobuf(data)
+
+
+# -- ModelInfer (Open Inference Protocol): raw_input_contents, one per input ---------------------
+
+
+def infer_request(*contents: bytes) -> inference_pb2.ModelInferRequest:
+    message = inference_pb2.ModelInferRequest(model_name="catdog", model_version="1", id="req-1")
+    for index, content in enumerate(contents):
+        message.inputs.add(name=f"in{index}", datatype="FP32", shape=[1, len(content) // 4])
+        message.raw_input_contents.append(content)
+    message.outputs.add(name="probabilities")
+    return message
+
+
+def assert_infer_same_as_protobuf(raw: bytes) -> list[memoryview] | None:
+    whole = inference_pb2.ModelInferRequest.FromString(raw)
+    message, contents = parse_model_infer(raw)
+    if contents is None:
+        assert message == whole
+        return None
+    assert not message.raw_input_contents  # every entry is read in place, in order
+    assert [bytes(content) for content in contents] == list(whole.raw_input_contents)
+    message.raw_input_contents.extend(bytes(content) for content in contents)
+    assert message == whole
+    return contents
+
+
+def test_model_infer_raw_contents_are_views_in_input_order() -> None:
+    big, small = pixels((BIG + 3,), 1).tobytes(), pixels((5,), 2).tobytes()
+    raw = infer_request(small, big, small[:8]).SerializeToString()
+    contents = assert_infer_same_as_protobuf(raw)
+    assert contents is not None and [len(c) for c in contents] == [len(small), len(big), 8]
+    assert all(content.obj is raw for content in contents)
+    # Only small entries, or a small request: protobuf's own parse.
+    assert parse_model_infer(infer_request(small, small).SerializeToString())[1] is None
+    # Concatenated messages append their repeated entries, as protobuf does.
+    assert_infer_same_as_protobuf(raw + infer_request(big).SerializeToString())
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.sampled_from([0, 3, BIG - 1, BIG, BIG + 7]), min_size=1, max_size=3),
+    flips=st.lists(st.tuples(st.integers(0, 10**9), st.integers(1, 255)), max_size=3),
+)
+def test_any_model_infer_or_corruption_of_one_parses_as_protobuf_parses_it(
+    sizes: list[int], flips: list[tuple[int, int]]
+) -> None:
+    raw = bytearray(infer_request(*(pixels((size,), i).tobytes() for i, size in enumerate(sizes))).SerializeToString())
+    for where, xor in flips:  # the structure: the first bytes and the last ones (outputs)
+        index = where % min(len(raw), 64) if where % 2 else len(raw) - 1 - where % min(len(raw), 64)
+        raw[index] ^= xor
+    data = bytes(raw)
+    try:
+        inference_pb2.ModelInferRequest.FromString(data)
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            parse_model_infer(data)
+        return
+    assert_infer_same_as_protobuf(data)

@@ -499,6 +499,26 @@ def test_grpc_typed_contents_and_metrics(server: ServerProcess) -> None:
     assert 'API="v2_infer",entrypoint="GRPC",model_name="digits",status="INVALID_ARGUMENT"' in metrics
 
 
+def test_grpc_large_raw_inputs_read_in_place(server: ServerProcess) -> None:
+    """Over 64 KiB of raw_input_contents is read in place (serving.protocol.grpc.inplace): the same
+    answers as TF Serving's REST API, and the same byte-count error."""
+    digits = np.random.default_rng(4).uniform(0, 255, (40, 28, 28, 1)).astype(np.float32)  # 125 KB
+    tensor = inference_pb2.ModelInferRequest.InferInputTensor(name="image", datatype="FP32", shape=list(digits.shape))
+    with grpc.insecure_channel(server.grpc_target, options=[("grpc.max_send_message_length", 8 << 20)]) as channel:
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        response = stub.ModelInfer(
+            inference_pb2.ModelInferRequest(model_name="digits", inputs=[tensor], raw_input_contents=[digits.tobytes()])
+        )
+        with pytest.raises(grpc.RpcError) as error:
+            stub.ModelInfer(inference_pb2.ModelInferRequest(
+                model_name="digits", inputs=[tensor], raw_input_contents=[digits.tobytes()[:-4]]))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "got 125436" in error.value.details()
+    expected = tf_predict(server, "digits", {"instances": digits.tolist()})["predictions"]
+    np.testing.assert_array_equal(
+        np.frombuffer(response.raw_output_contents[0], np.float32).reshape(40, 10), np.array(expected, np.float32)
+    )
+
+
 @pytest.mark.parametrize("datatype", sorted(common.DATATYPES))
 def test_raw_round_trip_of_every_datatype(datatype: str) -> None:
     dtype = common.DATATYPES[datatype]

@@ -1,4 +1,4 @@
-"""Predict requests whose big tensors are read in place, from the bytes gRPC handed over.
+"""Predict and ModelInfer requests whose big tensors are read in place, from gRPC's bytes.
 
 Parsing a `PredictRequest` with protobuf copies each `tensor_content` into the message, and reading
 the field copies it again into a new `bytes`: for a 224x224x3 float image that is 1.2 MB of copying
@@ -8,6 +8,7 @@ walks the top level of the request's wire bytes instead, takes every large `tens
 dtypes: a few hundred bytes). Only the layout every protobuf encoder writes is walked this way (map
 entries as key then value, one `tensor_content` per tensor); anything else, malformed bytes
 included, is parsed whole by protobuf as before, so its answers and errors do not change.
+`parse_model_infer` does the same for the Open Inference Protocol's `raw_input_contents`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from serving.proto import apis_pb2
+from serving.proto import apis_pb2, inference_pb2
 
 IN_PLACE_MIN_BYTES = 64 * 1024  # tensor_content payloads from this size on are read in place
 
@@ -24,6 +25,7 @@ _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 _INPUTS = 2  # PredictRequest.inputs: map<string, TensorProto>
 _KEY, _VALUE = 1, 2  # a map entry's fields
 _TENSOR_CONTENT = 4  # TensorProto.tensor_content
+_RAW_INPUT_CONTENTS = 7  # ModelInferRequest.raw_input_contents: repeated bytes, one per input
 _INPUTS_TAG = bytes([_INPUTS << 3 | _LEN])
 _VALUE_TAG = bytes([_VALUE << 3 | _LEN])
 
@@ -55,6 +57,20 @@ def parse_predict(raw: bytes) -> PredictCall:
             if contents:
                 return PredictCall(apis_pb2.PredictRequest.FromString(stripped), contents)
     return PredictCall(apis_pb2.PredictRequest.FromString(raw), {})
+
+
+def parse_model_infer(raw: bytes) -> tuple[inference_pb2.ModelInferRequest, list[memoryview] | None]:
+    """The request in `raw` and its raw_input_contents read in place (None: they are the message's
+    own, as when none is large); raises protobuf's DecodeError for bytes that are no ModelInferRequest."""
+    if len(raw) >= IN_PLACE_MIN_BYTES:
+        try:
+            stripped, contents = _split_raw_inputs(raw)
+        except _Irregular:
+            pass
+        else:
+            if any(len(content) >= IN_PLACE_MIN_BYTES for content in contents):
+                return inference_pb2.ModelInferRequest.FromString(stripped), contents
+    return inference_pb2.ModelInferRequest.FromString(raw), None
 
 
 def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
@@ -136,3 +152,18 @@ def _split_entry(raw: bytes, start: int, end: int) -> tuple[str, bytes, tuple[in
     tensor = raw[tensor_start:content_start] + raw[payload_end:tensor_end]
     entry = raw[start:value_field] + _VALUE_TAG + _encode_varint(len(tensor)) + tensor
     return key, entry, (payload_start, payload_end)
+
+
+def _split_raw_inputs(raw: bytes) -> tuple[bytes, list[memoryview]]:
+    """The request's bytes less every raw_input_contents entry, and those entries in order as views."""
+    view = memoryview(raw)
+    out = bytearray()
+    contents: list[memoryview] = []
+    for field, wire, start, value_start, value_end in _fields(raw, 0, len(raw)):
+        if field == _RAW_INPUT_CONTENTS:
+            if wire != _LEN:
+                raise _Irregular
+            contents.append(view[value_start:value_end])
+        else:
+            out += view[start:value_end]
+    return bytes(out), contents

@@ -17,7 +17,7 @@ see `common`), raw or typed as the other outputs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import grpc
@@ -29,6 +29,7 @@ from serving.errors import InvalidArgument, Unavailable
 from serving.proto import apis_pb2, inference_pb2, inference_pb2_grpc
 from serving.protocol import Services
 from serving.protocol.grpc import server as tf_grpc
+from serving.protocol.grpc.inplace import parse_model_infer
 from serving.protocol.grpc.server import rpc
 from serving.protocol.v2 import common
 from serving.protocol.v2.repository import ModelRepository, unavailable_without_reloader
@@ -44,10 +45,18 @@ class _Named:
 
     message: Any
     model_spec: apis_pb2.ModelSpec
+    # ModelInfer's raw_input_contents when read in place (`inplace.parse_model_infer`); None: the message's
+    raw_contents: list[memoryview] | None = None
 
 
-def _named(message_type: type[Message], name_field: str, version_field: str = "") -> type[Message]:
-    """A request type for `rpc` whose parsed requests carry `model_spec` (for the metrics' model label)."""
+def _named(
+    message_type: type[Message],
+    name_field: str,
+    version_field: str = "",
+    parse: Callable[[bytes], tuple[Message, list[memoryview] | None]] | None = None,
+) -> type[Message]:
+    """A request type for `rpc` whose parsed requests carry `model_spec` (for the metrics' model label);
+    `parse`: the message and its raw contents read in place, instead of protobuf's parse."""
 
     class Named(_Named):
         DESCRIPTOR = message_type.DESCRIPTOR
@@ -64,7 +73,12 @@ def _named(message_type: type[Message], name_field: str, version_field: str = ""
 
         @classmethod
         def FromString(cls, raw: bytes) -> Named:  # the name `rpc` calls
-            return cls(message_type.FromString(raw))
+            if parse is None:
+                return cls(message_type.FromString(raw))
+            message, contents = parse(raw)
+            named = cls(message)
+            named.raw_contents = contents
+            return named
 
     Named.__name__ = f"Named{message_type.DESCRIPTOR.name}"
     return cast(type[Message], Named)
@@ -153,7 +167,7 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer, tf_grpc.
             properties=common.model_properties(resolved, signature),
         )
 
-    @rpc("v2_infer", _named(inference_pb2.ModelInferRequest, "model_name", "model_version"))
+    @rpc("v2_infer", _named(inference_pb2.ModelInferRequest, "model_name", "model_version", parse_model_infer))
     async def ModelInfer(self, request: _Named, context: grpc.aio.ServicerContext) -> inference_pb2.ModelInferResponse:
         message: inference_pb2.ModelInferRequest = request.message
         parameters = _parameters(message.parameters)
@@ -165,7 +179,7 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer, tf_grpc.
         )
         resolved = target.version_of(self.repository)
         signature = target.signature_of(self.dataplane, resolved)
-        raw = message.raw_input_contents
+        raw = message.raw_input_contents if request.raw_contents is None else request.raw_contents
         if raw and len(raw) != len(message.inputs):
             raise InvalidArgument(
                 f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs: give one per input, "
