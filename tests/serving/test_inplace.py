@@ -8,6 +8,9 @@ messages: a later map entry replaces an earlier one of the same name, a later te
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import pytest
 from google.protobuf.message import DecodeError
@@ -165,18 +168,28 @@ def test_any_request_or_corruption_of_one_parses_as_protobuf_parses_it(
     raw = bytearray(request(inputs).SerializeToString())
     if concatenate:
         raw += request({"in0": pixels((1, sizes[0]), seed=9)}, version=2).SerializeToString()
-    # Corrupt bytes near the structure (the first 64 and the last 64 hold every tag and length).
+    assert_fails_or_parses_as_protobuf(corrupt(raw, flips), apis_pb2.PredictRequest, parse_predict, assert_same_as_protobuf)
+
+
+def corrupt(raw: bytearray, flips: list[tuple[int, int]]) -> bytes:
+    """XOR a few bytes within 64 of either end, where the tags and lengths of these requests are."""
     for where, xor in flips:
         index = where % min(len(raw), 64) if where % 2 else len(raw) - 1 - where % min(len(raw), 64)
         raw[index] ^= xor
-    data = bytes(raw)
+    return bytes(raw)
+
+
+def assert_fails_or_parses_as_protobuf(
+    data: bytes, message_type: Any, parse: Callable[[bytes], object], assert_same: Callable[[bytes], object]
+) -> None:
+    """Bytes protobuf refuses are refused with its DecodeError; the others parse to the same request."""
     try:
-        apis_pb2.PredictRequest.FromString(data)
+        message_type.FromString(data)
     except DecodeError:
         with pytest.raises(DecodeError):
-            parse_predict(data)
+            parse(data)
         return
-    assert_same_as_protobuf(data)
+    assert_same(data)
 
 
 # -- ModelInfer (Open Inference Protocol): raw_input_contents, one per input ---------------------
@@ -225,14 +238,6 @@ def test_any_model_infer_or_corruption_of_one_parses_as_protobuf_parses_it(
     sizes: list[int], flips: list[tuple[int, int]]
 ) -> None:
     raw = bytearray(infer_request(*(pixels((size,), i).tobytes() for i, size in enumerate(sizes))).SerializeToString())
-    for where, xor in flips:  # the structure: the first bytes and the last ones (outputs)
-        index = where % min(len(raw), 64) if where % 2 else len(raw) - 1 - where % min(len(raw), 64)
-        raw[index] ^= xor
-    data = bytes(raw)
-    try:
-        inference_pb2.ModelInferRequest.FromString(data)
-    except DecodeError:
-        with pytest.raises(DecodeError):
-            parse_model_infer(data)
-        return
-    assert_infer_same_as_protobuf(data)
+    assert_fails_or_parses_as_protobuf(
+        corrupt(raw, flips), inference_pb2.ModelInferRequest, parse_model_infer, assert_infer_same_as_protobuf
+    )

@@ -13,8 +13,9 @@ included, is parsed whole by protobuf as before, so its answers and errors do no
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from serving.proto import apis_pb2, inference_pb2
 
@@ -42,35 +43,39 @@ class PredictCall:
         return self.message.model_spec
 
 
+_Split = TypeVar("_Split", bound=tuple[bytes, Any])
+
+
 class _Irregular(Exception):
     """The bytes are not in the plain layout: protobuf parses them whole."""
 
 
 def parse_predict(raw: bytes) -> PredictCall:
     """The request in `raw`; raises protobuf's DecodeError for bytes that are no PredictRequest."""
-    if len(raw) >= IN_PLACE_MIN_BYTES:
-        try:
-            stripped, contents = _split(raw)
-        except _Irregular:
-            pass
-        else:
-            if contents:
-                return PredictCall(apis_pb2.PredictRequest.FromString(stripped), contents)
+    split = _in_place(raw, _split)
+    if split is not None and split[1]:
+        return PredictCall(apis_pb2.PredictRequest.FromString(split[0]), split[1])
     return PredictCall(apis_pb2.PredictRequest.FromString(raw), {})
 
 
 def parse_model_infer(raw: bytes) -> tuple[inference_pb2.ModelInferRequest, list[memoryview] | None]:
     """The request in `raw` and its raw_input_contents read in place (None: they are the message's
     own, as when none is large); raises protobuf's DecodeError for bytes that are no ModelInferRequest."""
-    if len(raw) >= IN_PLACE_MIN_BYTES:
-        try:
-            stripped, contents = _split_raw_inputs(raw)
-        except _Irregular:
-            pass
-        else:
-            if any(len(content) >= IN_PLACE_MIN_BYTES for content in contents):
-                return inference_pb2.ModelInferRequest.FromString(stripped), contents
+    split = _in_place(raw, _split_raw_inputs)
+    if split is not None and any(len(content) >= IN_PLACE_MIN_BYTES for content in split[1]):
+        return inference_pb2.ModelInferRequest.FromString(split[0]), split[1]
     return inference_pb2.ModelInferRequest.FromString(raw), None
+
+
+def _in_place(raw: bytes, split: Callable[[bytes], _Split]) -> _Split | None:
+    """split(raw): the bytes for protobuf and the payloads read in place; None when `raw` is small
+    or not in the plain layout."""
+    if len(raw) < IN_PLACE_MIN_BYTES:
+        return None
+    try:
+        return split(raw)
+    except _Irregular:
+        return None
 
 
 def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
