@@ -295,7 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     peers = parser.add_argument_group("--peers: this server beside KServe and a minimal gRPC floor")
     peers.add_argument("--peers", action="store_true", help="print the peer comparison table instead")
-    peers.add_argument("--streams", type=int, default=32, help="requests in flight on the one connection")
+    peers.add_argument(
+        "--streams", type=int, default=None, help="requests in flight on the one connection (digits 32, catdog 8)"
+    )
     peers.add_argument(
         "--rounds", type=int, default=3, help="measure every contender this many times, alternating; report the median"
     )
@@ -315,11 +317,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.peers:
         from loadtests.peers.run import PeersConfig, run_peers
 
+        catdog = args.model == "catdog"  # --model catdog: catdog's float and JPEG paths (peers/catdog.py)
+        if not catdog and args.model != "digits":
+            parser.error("--peers measures --model digits (beside KServe and the floor) or --model catdog")
+        if catdog:
+            from loadtests.peers.catdog import run_catdog as run_peers
         return run_peers(
             PeersConfig(
                 models_dir=args.models_dir,
                 seconds=args.seconds,
-                streams=args.streams,
+                streams=args.streams or (8 if catdog else 32),
                 threads=args.threads or 1,  # like-for-like: every contender on one intra-op thread
                 workers=args.workers,
                 batch_timeout_micros=args.batch_timeout_micros,
