@@ -234,3 +234,36 @@ def test_median_point_is_one_whole_round() -> None:
     assert median_point(rounds) is rounds[2]  # 200 req/s, with its own CPU and latencies
     assert median_point(rounds[:2]).requests == 100  # an even count: the lower middle
     assert median_point(rounds[:1]) is rounds[0]
+
+
+def test_catdog_standin_serves_both_paths_as_the_bench_checks_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The catdog bench's model, bodies and answers through a real server: float pixels and JPEG
+    bytes answer what ONNX Runtime answers in-process on the same pixels."""
+    import grpc
+
+    from loadtests.peers.catdog import catdog_model, image_bytes_request, photo
+    from loadtests.peers.catdog_standin import SIZE
+    from loadtests.peers.run import ort_session
+    from serving.images import decode_images
+    from tests.serving.fixtures import start_server
+
+    base, model_file, standin = catdog_model(tmp_path / "models", tmp_path / "standin")
+    assert standin and model_file.is_file()
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "no-data"))
+    jpeg, source = photo()
+    assert jpeg[:2] == b"\xff\xd8" and "made here" in source
+    pixels = np.random.default_rng(1).uniform(0, 255, (1, SIZE, SIZE, 3)).astype(np.float32)
+    session = ort_session(model_file, 1)
+    expected_float = session.run(None, {"image": pixels})[0]
+    expected_jpeg = session.run(None, {"image": decode_images([jpeg], SIZE, SIZE)})[0]
+    server = start_server(["--model_name", "catdog", "--model_base_path", str(base)], tmp_path / "server.log")
+    try:
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            predict = channel.unary_unary(wire.PREDICT_METHOD)
+            float_answer = wire.predict_probabilities(predict(wire.predict_request(pixels, "catdog"), timeout=30))
+            jpeg_answer = wire.predict_probabilities(predict(image_bytes_request(jpeg), timeout=30))
+    finally:
+        assert server.stop() == 0, server.log()
+    assert float_answer.shape == (1, 2)
+    np.testing.assert_allclose(float_answer, expected_float, atol=1e-5)
+    np.testing.assert_allclose(jpeg_answer, expected_jpeg, atol=1e-5)
