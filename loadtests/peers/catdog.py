@@ -39,6 +39,7 @@ from loadtests.peers.run import (
     ort_reference,
     ort_session,
     percentiles,
+    published_or_standin,
     verify,
 )
 from serving.images import decode_images
@@ -51,16 +52,7 @@ IN_PROCESS_JPEG = "decode + resize + ONNX Runtime in-process"
 
 def catdog_model(models_dir: Path, standin_dir: Path) -> tuple[Path, Path, bool]:
     """(base path, model.onnx, is_standin): the newest published catdog version, else a stand-in."""
-    base = models_dir / "catdog"
-    versions = sorted(
-        (int(p.name) for p in base.iterdir() if p.name.isdigit() and (p / "model.onnx").is_file())
-        if base.is_dir()
-        else []
-    )
-    if versions:
-        return base.resolve(), (base / str(versions[-1]) / "model.onnx").resolve(), False
-    version_dir = write_catdog_standin(standin_dir / "catdog")
-    return (standin_dir / "catdog").resolve(), (version_dir / "model.onnx").resolve(), True
+    return published_or_standin(models_dir, "catdog", standin_dir, write_catdog_standin)
 
 
 def photo() -> tuple[bytes, str]:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
+from loadtests.peers.standin import classifier
 from serving.manifest import (
     Manifest,
     OnnxBinding,
@@ -83,17 +84,7 @@ def mobilenet(seed: int = 0) -> onnx.ModelProto:
         helper.make_node("Gemm", ["flat", "dense_w", "dense_b"], ["logits"]),
         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "catdog_standin",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", SIZE, SIZE, 3])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2])],
-        initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return classifier("catdog_standin", nodes, initializers, (SIZE, SIZE, 3), 2)
 
 
 def write_catdog_standin(base_path: Path, version: int = 1, seed: int = 0) -> Path:

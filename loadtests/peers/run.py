@@ -129,7 +129,15 @@ def percentiles(latencies: list[float]) -> tuple[float, float]:
 
 def digits_model(models_dir: Path, standin_dir: Path) -> tuple[Path, Path, bool]:
     """(base path, model.onnx, is_standin): the newest published digits version, else a stand-in."""
-    base = models_dir / "digits"
+    return published_or_standin(models_dir, "digits", standin_dir, write_standin)
+
+
+def published_or_standin(
+    models_dir: Path, name: str, standin_dir: Path, write: Callable[[Path], Path]
+) -> tuple[Path, Path, bool]:
+    """(base path, model.onnx, is_standin): the newest published version of `name`, else the
+    stand-in `write` publishes under `standin_dir/name` (returning its version folder)."""
+    base = models_dir / name
     versions = sorted(
         (int(p.name) for p in base.iterdir() if p.name.isdigit() and (p / "model.onnx").is_file())
         if base.is_dir()
@@ -137,8 +145,8 @@ def digits_model(models_dir: Path, standin_dir: Path) -> tuple[Path, Path, bool]
     )
     if versions:
         return base.resolve(), (base / str(versions[-1]) / "model.onnx").resolve(), False
-    version_dir = write_standin(standin_dir / "digits")
-    return (standin_dir / "digits").resolve(), (version_dir / "model.onnx").resolve(), True
+    version_dir = write(standin_dir / name)
+    return (standin_dir / name).resolve(), (version_dir / "model.onnx").resolve(), True
 
 
 def ort_session(model_file: Path, threads: int) -> Any:

@@ -53,11 +53,18 @@ def digits_convnet(seed: int = 0) -> onnx.ModelProto:
         helper.make_node("Gemm", ["flat", "dense_w", "dense_b"], ["logits"]),  # [N,10]
         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
     ]
+    return classifier("digits_standin", nodes, initializers, (28, 28, 1), 10)
+
+
+def classifier(
+    name: str, nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto], image: tuple[int, ...], classes: int
+) -> onnx.ModelProto:
+    """The checked model: `image` float32 [N, *image] -> `probabilities` float32 [N, classes]."""
     graph = helper.make_graph(
         nodes,
-        "digits_standin",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 28, 28, 1])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 10])],
+        name,
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", *image])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes])],
         initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
