@@ -103,7 +103,7 @@ class Pools:
     input preparation (image decoding, tokenizing). One thread per CPU by default: each call runs
     ONNX Runtime on one intra-op thread, so more threads than CPUs only take turns on them, evicting
     each other's activations from the caches (2-core VM, interleaved rounds: 4 threads against 2,
-    catdog float 658 against 693 req/s, 32 digits per request 872 against 946). `load`: version
+    catdog float 645 against 685 req/s, 32 digits per request 872 against 946). `load`: version
     loads and warm-ups, apart so that a hot swap never takes an engine thread from the requests.
     """
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from types import MappingProxyType
+from typing import Any, ClassVar, TypeVar
 
 from serving.proto import apis_pb2, inference_pb2
 
@@ -31,9 +32,12 @@ _INPUTS_TAG = bytes([_INPUTS << 3 | _LEN])
 _VALUE_TAG = bytes([_VALUE << 3 | _LEN])
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PredictCall:
-    """A parsed Predict request: the message, less the payloads read in place."""
+    """A parsed Predict request: the message, less the payloads read in place. Also the request
+    type `rpc` is given for Predict: it parses with `FromString` and names the message's DESCRIPTOR."""
+
+    DESCRIPTOR: ClassVar[Any] = apis_pb2.PredictRequest.DESCRIPTOR
 
     message: apis_pb2.PredictRequest
     contents: Mapping[str, memoryview]  # input name -> its tensor_content, a view into the request
@@ -41,6 +45,13 @@ class PredictCall:
     @property
     def model_spec(self) -> apis_pb2.ModelSpec:
         return self.message.model_spec
+
+    @staticmethod
+    def FromString(raw: bytes) -> PredictCall:  # the name `rpc` calls
+        return parse_predict(raw)
+
+
+_NOTHING_IN_PLACE: Mapping[str, memoryview] = MappingProxyType({})
 
 
 _Split = TypeVar("_Split", bound=tuple[bytes, Any])
@@ -55,7 +66,7 @@ def parse_predict(raw: bytes) -> PredictCall:
     split = _in_place(raw, _split)
     if split is not None and split[1]:
         return PredictCall(apis_pb2.PredictRequest.FromString(split[0]), split[1])
-    return PredictCall(apis_pb2.PredictRequest.FromString(raw), {})
+    return PredictCall(apis_pb2.PredictRequest.FromString(raw), _NOTHING_IN_PLACE)
 
 
 def parse_model_infer(raw: bytes) -> tuple[inference_pb2.ModelInferRequest, list[memoryview] | None]:

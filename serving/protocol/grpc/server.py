@@ -15,7 +15,7 @@ import logging
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -39,7 +39,7 @@ from serving.errors import (
 from serving.metrics import Metrics
 from serving.proto import apis_pb2, apis_pb2_grpc, example_pb2
 from serving.protocol import Services, messages
-from serving.protocol.grpc.inplace import PredictCall, parse_predict
+from serving.protocol.grpc.inplace import PredictCall
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def _authorization(context: grpc.aio.ServicerContext) -> str | None:
 
 
 def rpc(
-    api: str, request_type: type[Message], parse: Callable[[bytes], Any] | None = None
+    api: str, request_type: type[Message]
 ) -> Callable[[Method[Servicer, Request, Response]], Callable[[Servicer, bytes, grpc.aio.ServicerContext], Awaitable[Response]]]:
     """Wrap a servicer method once, at class definition: parsing, admission, auth, metrics, errors.
 
@@ -114,7 +114,6 @@ def rpc(
         method: Method[Servicer, Request, Response],
     ) -> Callable[[Servicer, bytes, grpc.aio.ServicerContext], Awaitable[Response]]:
         name = method.__name__
-        parse_request = parse or request_type.FromString
 
         @functools.wraps(method)
         async def guarded(self: Servicer, raw: bytes, context: grpc.aio.ServicerContext) -> Response:
@@ -143,7 +142,7 @@ def rpc(
                 if tokens is not None:
                     tokens.check(_authorization(context))
                 try:
-                    request = parse_request(raw)
+                    request = request_type.FromString(raw)
                 except DecodeError as exc:
                     raise InvalidArgument(
                         f"the request is not a valid {request_type.DESCRIPTOR.full_name} message: {exc}"
@@ -306,7 +305,7 @@ class PredictionService(apis_pb2_grpc.PredictionServiceServicer, _Servicer):
         # in tensor_content (--enable_serialization_as_tensor_content).
         self.tensor_content = tensor_content
 
-    @rpc("predict", apis_pb2.PredictRequest, parse_predict)
+    @rpc("predict", cast(type[Message], PredictCall))  # tensor_content read in place (see `inplace`)
     async def Predict(self, request: PredictCall, context: grpc.aio.ServicerContext) -> apis_pb2.PredictResponse:
         message, contents = request.message, request.contents
         spec = message.model_spec
