@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
@@ -109,7 +110,7 @@ def _check_tensor(name: str, value: np.ndarray, meta: TensorMeta, max_string_byt
                 )
     if value.shape[0] == 0:
         raise InvalidArgument(f"input '{name}' is an empty batch (0 rows)")
-    if value.dtype.kind in "fc" and not np.isfinite(value).all():
+    if value.dtype.kind in "fc" and not all_finite(value):
         raise InvalidArgument(f"input '{name}' contains NaN or infinite values")
     if value.dtype == STRING:
         for element in value.reshape(-1):
@@ -120,6 +121,36 @@ def _check_tensor(name: str, value: np.ndarray, meta: TensorMeta, max_string_byt
                     f"input '{name}' has an element of {len(element)} bytes, over the {max_string_bytes}-byte "
                     f"limit (--max_string_bytes)"
                 )
+
+
+# Arrays up to this many elements are checked for NaN and infinities on their bytes, without a numpy
+# ufunc. On a request path that otherwise touches little of numpy, `np.isfinite(v).all()` on one
+# digits image costs ~1 us when timed alone but ~25 us of event-loop time per request under load
+# (h2load, 32 streams, 2-core VM: 2,404 -> 2,585 req/s with the byte test; the ufunc machinery's
+# code and data are evicted between requests). The byte test costs ~0.8 ns per element, so past
+# this size the ufunc is cheaper again.
+FINITE_BY_BYTES_MAX_ELEMENTS = 8192
+# Per IEEE 754 type: (bytes per value, the byte values that hold the sign and the top exponent bits
+# of a NaN or an infinity). A value whose top byte is not one of them is finite; one whose top
+# byte is may still be (the exponent's low bits are in the next byte): the ufunc then decides.
+_NON_FINITE_TOP_BYTES = {
+    2: bytes([0x7C, 0x7D, 0x7E, 0x7F, 0xFC, 0xFD, 0xFE, 0xFF]),  # float16: 5 exponent bits
+    4: b"\x7f\xff",  # float32 (and complex64's parts): 8 exponent bits
+    8: b"\x7f\xff",  # float64 (and complex128's parts): 11 exponent bits
+}
+
+
+def all_finite(value: np.ndarray) -> bool:
+    """Whether a float or complex array holds no NaN and no infinity."""
+    dtype = value.dtype
+    width = dtype.itemsize // 2 if dtype.kind == "c" else dtype.itemsize  # the real and imaginary parts
+    tops = _NON_FINITE_TOP_BYTES.get(width)
+    if tops is not None and value.size <= FINITE_BY_BYTES_MAX_ELEMENTS:
+        big_endian = dtype.byteorder == ">" or (dtype.byteorder == "=" and sys.byteorder == "big")
+        top = value.tobytes()[0 if big_endian else width - 1 :: width]  # (C order; any layout)
+        if not any(byte in top for byte in tops):
+            return True
+    return bool(np.isfinite(value).all())
 
 
 def _shape(shape: Sequence[int]) -> str:

@@ -178,7 +178,7 @@ def encode_raw(array: np.ndarray) -> bytes:
             parts.append(value)
         return b"".join(parts)
     datatype_of(array.dtype)  # refuses what V2 cannot carry
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    return codec.little_endian_bytes(array)
 
 
 def shape_of(array: np.ndarray) -> list[int]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from serving.backends import Signature, TensorMeta
-from serving.codec import STRING, check_shape
-from serving.dataplane import validate_inputs
+from serving.codec import STRING, check_shape, little_endian_bytes
+from serving.dataplane import FINITE_BY_BYTES_MAX_ELEMENTS, all_finite, validate_inputs
 from serving.errors import InvalidArgument
 from serving.workers import SharedReadiness
 
@@ -93,3 +95,47 @@ def test_shared_readiness_is_ready_only_when_every_worker_is() -> None:
     assert first.all_ready() and second.all_ready()
     second.publish(False)  # one worker stopping makes the whole group unready at once
     assert not first.all_ready()
+
+
+# -- the finite check and the little-endian payload, against numpy's own answers ------------------
+
+_FLOAT_TYPES = ("<f2", ">f2", "<f4", ">f4", "<f8", ">f8", "<c8", ">c8", "<c16", ">c16")
+_SPECIALS = (np.nan, np.inf, -np.inf, -0.0, 5e-324, 1e-45, 6.1e-5, 65504.0, 3.4e38, 1.7e308)
+
+
+@st.composite
+def _float_arrays(draw: st.DrawFn) -> np.ndarray:
+    """Float and complex arrays of either byte order and any layout, holding NaN, infinities and the
+    finite values nearest them (the largest of each type: a top byte a non-finite value also has)."""
+    dtype = np.dtype(draw(st.sampled_from(_FLOAT_TYPES)))
+    size = draw(st.sampled_from((1, 7, 64, FINITE_BY_BYTES_MAX_ELEMENTS, FINITE_BY_BYTES_MAX_ELEMENTS + 1)))
+    with np.errstate(over="ignore"):  # 1.7e308 as float16 is inf: one more special value
+        values = np.full(size, draw(st.floats(allow_nan=False, allow_infinity=False, width=16)), dtype=dtype)
+        for _ in range(draw(st.integers(0, 3))):
+            values[draw(st.integers(0, size - 1))] = draw(st.sampled_from(_SPECIALS))
+        if dtype.kind == "c" and draw(st.booleans()):
+            values[draw(st.integers(0, size - 1))] = complex(1, draw(st.sampled_from(_SPECIALS)))
+    if size % 2 == 0 and draw(st.booleans()):
+        values = values.reshape(2, -1).T  # Fortran-ordered
+    elif draw(st.booleans()):
+        values = values[::2]  # strided
+    return values
+
+
+@settings(max_examples=300, deadline=None)
+@given(_float_arrays())
+def test_all_finite_agrees_with_numpy(values: np.ndarray) -> None:
+    assert all_finite(values) == bool(np.isfinite(values).all())
+
+
+@settings(max_examples=200, deadline=None)
+@given(_float_arrays())
+def test_little_endian_bytes_agree_with_numpy(values: np.ndarray) -> None:
+    expected = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes()
+    assert little_endian_bytes(values) == expected
+
+
+def test_little_endian_bytes_of_integers_and_bools() -> None:
+    for dtype in (">i4", "<i8", "u1", "?", ">u2"):
+        values = np.arange(12).reshape(3, 4).T.astype(dtype)
+        assert little_endian_bytes(values) == np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes()
