@@ -364,7 +364,10 @@ def test_requests_in_flight_on_a_removed_model_complete(server: ServerProcess, m
     target = server.grpc_target
     alpha = _entry("alpha", models / "alpha")
     assert _reload(target, alpha, _entry("slow", models / "slow"))[0] == grpc.StatusCode.OK
-    images = np.random.default_rng(3).uniform(0, 255, size=(64, 28, 28, 1)).astype(np.float32)
+    # Rows enough that the calls keep both engine threads busy for seconds: measured here, a pair of
+    # calls is answered every ~0.37 s and the reload is answered 10-25 ms after the first pair. With
+    # 64 rows (~30 ms a call) every call could end before the reload did, as the test then found.
+    images = np.random.default_rng(3).uniform(0, 255, size=(1000, 28, 28, 1)).astype(np.float32)  # (--max_request_rows)
     expected = reference_probabilities(models / "slow" / "1", images)
     results: list[tuple[float, grpc.StatusCode, np.ndarray | None]] = []
     lock = threading.Lock()
