@@ -232,16 +232,11 @@ def from_numpy(
     instead of building a copy.
     """
     proto = tensor_pb2.TensorProto() if proto is None else proto
-    kind = array.dtype.kind
-    if kind in "fciub" and array.dtype != FLOAT16 and (tensor_content or kind in "fc"):
-        # The hot path: dtype and shape as their cached wire bytes, then the little-endian values
-        # as one length-delimited field (tensor_content, or the packed float/double/complex field),
-        # merged in one parse.
-        code = data_type(array.dtype)
-        payload = little_endian_bytes(array)
-        tag = _PACKED_TAG["tensor_content" if tensor_content else _VALUE_FIELD[code]]
-        proto.MergeFromString(_header(code, array.shape) + tag + _varint(len(payload)) + payload)
+    wire = _numeric_wire(array, tensor_content)
+    if wire is not None:  # merged in one parse
+        proto.MergeFromString(wire)
         return proto
+    kind = array.dtype.kind
     if kind in "US":
         array = array.astype(STRING)
     proto.dtype = data_type(array.dtype)  # type: ignore[assignment]
@@ -253,6 +248,33 @@ def from_numpy(
     else:
         _fill_value_field(array, proto)
     return proto
+
+
+def tensor_bytes(array: np.ndarray, tensor_content: bool = True) -> bytes:
+    """`from_numpy(array, tensor_content=tensor_content)`, serialized; numbers without building
+    the message (a response's outputs written straight to the wire: see `messages.predict_response`)."""
+    wire = _numeric_wire(array, tensor_content)
+    return wire if wire is not None else from_numpy(array, tensor_content=tensor_content).SerializeToString()
+
+
+def _numeric_wire(array: np.ndarray, tensor_content: bool) -> bytes | None:
+    """The hot path of `from_numpy`, as wire bytes: dtype and shape from their cached encoding, then
+    the little-endian values as one length-delimited field (tensor_content, or the packed float,
+    double or complex field). None for what needs per-element fields (strings, float16, integers
+    in their typed fields)."""
+    kind = array.dtype.kind
+    if kind not in "fciub" or array.dtype == FLOAT16 or not (tensor_content or kind in "fc"):
+        return None
+    code = data_type(array.dtype)
+    tag = _PACKED_TAG["tensor_content" if tensor_content else _VALUE_FIELD[code]]
+    return _header(code, array.shape) + length_delimited(tag, little_endian_bytes(array))
+
+
+def length_delimited(tag: bytes, payload: bytes) -> bytes:
+    """One length-delimited protobuf field (bytes, string, message or packed values): its tag byte(s),
+    the payload's length, the payload."""
+    size = len(payload)
+    return tag + (_SMALL_VARINTS[size] if size < 128 else _varint(size)) + payload
 
 
 @functools.lru_cache(maxsize=4096)
@@ -270,11 +292,14 @@ def _fill_value_field(array: np.ndarray, proto: tensor_pb2.TensorProto) -> None:
         # Packed fixed-width fields (float, double, complex pairs) hold the little-endian values
         # themselves: parse them in as one length-delimited field, no per-element Python work.
         payload = little_endian_bytes(array)
-        proto.MergeFromString(_PACKED_TAG[field] + _varint(len(payload)) + payload)
+        proto.MergeFromString(length_delimited(_PACKED_TAG[field], payload))
     elif array.dtype == np.float16:
         proto.half_val.extend(array.reshape(-1).view(np.uint16).tolist())  # the bits, as TensorFlow stores them
     else:
         getattr(proto, field).extend(array.reshape(-1).tolist())
+
+
+_SMALL_VARINTS = [bytes([value]) for value in range(128)]
 
 
 def _varint(value: int) -> bytes:

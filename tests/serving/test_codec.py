@@ -218,3 +218,38 @@ def test_encoding_equals_the_message_built_field_by_field(value: np.ndarray, ten
     else:
         getattr(expected, codec._VALUE_FIELD[expected.dtype]).extend(value.reshape(-1).tolist())
     assert codec.from_numpy(value, tensor_content=tensor_content) == expected
+
+
+# -- PredictResponse written to the wire directly ------------------------------------------------
+
+_OUTPUTS = {
+    "probabilities": np.arange(20, dtype=np.float32).reshape(2, 10) / 7,
+    "double": np.array([[1e300, -0.0]]),
+    "ids": np.array([[3, -1 << 40]], dtype=np.int64),
+    "small ints": np.array([1, 2, 255], dtype=np.uint8),
+    "flags": np.array([True, False]),
+    "half": np.array([0.5, 65504], dtype=np.float16),
+    "complex": np.array([1 + 2j], dtype=np.complex64),
+    "labels": np.array([b"cat", "dög".encode()], dtype=object),
+    "Fortran": np.asfortranarray(np.arange(6, dtype=np.int32).reshape(2, 3)),
+    "empty": np.zeros((0, 10), np.float32),
+    "ümlaut": np.ones((1, 1), np.float32),
+    "long": np.ones((1, 300), np.float64),  # a field over 127 bytes: a two-byte length
+}
+
+
+@pytest.mark.parametrize("tensor_content", [False, True])
+@pytest.mark.parametrize("name", sorted(_OUTPUTS))
+def test_predict_response_bytes_parse_as_the_message_built_field_by_field(name: str, tensor_content: bool) -> None:
+    from types import SimpleNamespace
+
+    from serving.proto import apis_pb2
+    from serving.protocol import messages
+
+    version = SimpleNamespace(name="digits", version=7)
+    outputs = {name: _OUTPUTS[name], "second": np.ones((2, 1), np.float32)}
+    expected = apis_pb2.PredictResponse(model_spec=messages.model_spec(version, "serving_default"))  # type: ignore[arg-type]
+    for key, value in outputs.items():
+        codec.from_numpy(value, expected.outputs[key], tensor_content=tensor_content)
+    wire = messages.predict_response(version, "serving_default", outputs, tensor_content)  # type: ignore[arg-type]
+    assert apis_pb2.PredictResponse.FromString(wire) == expected

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
+from serving.codec import length_delimited
 from serving.proto import apis_pb2, inference_pb2
 
 IN_PLACE_MIN_BYTES = 64 * 1024  # tensor_content payloads from this size on are read in place
@@ -101,15 +102,6 @@ def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     raise _Irregular
 
 
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
     """(field number, wire type, field start, value start, value end) of each field in buf[pos:end]."""
     while pos < end:
@@ -142,7 +134,7 @@ def _split(raw: bytes) -> tuple[bytes, dict[str, memoryview]]:
         if field == _INPUTS and wire == _LEN:
             key, entry, payload = _split_entry(raw, value_start, value_end)
             if payload is not None:
-                out += _INPUTS_TAG + _encode_varint(len(entry)) + entry
+                out += length_delimited(_INPUTS_TAG, entry)
                 contents[key] = view[payload[0] : payload[1]]
                 continue
             contents.pop(key, None)  # a later entry for the same name replaces an earlier one
@@ -166,7 +158,7 @@ def _split_entry(raw: bytes, start: int, end: int) -> tuple[str, bytes, tuple[in
         return key, b"", None
     _, _, content_start, payload_start, payload_end = contents[0]
     tensor = raw[tensor_start:content_start] + raw[payload_end:tensor_end]
-    entry = raw[start:value_field] + _VALUE_TAG + _encode_varint(len(tensor)) + tensor
+    entry = raw[start:value_field] + length_delimited(_VALUE_TAG, tensor)
     return key, entry, (payload_start, payload_end)
 
 

@@ -14,7 +14,7 @@ import functools
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar, cast
 
 import grpc
@@ -237,13 +237,18 @@ class HealthServicer(health.aio.HealthServicer):
         await super().Watch(request, context)
 
 
-def _register(server: grpc.aio.Server, service: str, servicer: object, responses: dict[str, type[Message]]) -> None:
-    """Add `servicer`'s methods as `service` with raw request bytes (parsed by `rpc`)."""
+def _register(
+    server: grpc.aio.Server, service: str, servicer: object, responses: Mapping[str, type[Message] | None]
+) -> None:
+    """Add `servicer`'s methods as `service` with raw request bytes (parsed by `rpc`); a method whose
+    response type is None returns bytes, sent as they are."""
     servicer.service = service  # type: ignore[attr-defined]  # read by `rpc` (a `_Servicer`)
     servicer.telemetry = _TELEMETRY.get(server)  # type: ignore[attr-defined]
     handlers = {
         method: grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, method), request_deserializer=None, response_serializer=response.SerializeToString
+            getattr(servicer, method),
+            request_deserializer=None,
+            response_serializer=None if response is None else response.SerializeToString,
         )
         for method, response in responses.items()
     }
@@ -306,7 +311,8 @@ class PredictionService(apis_pb2_grpc.PredictionServiceServicer, _Servicer):
         self.tensor_content = tensor_content
 
     @rpc("predict", cast(type[Message], PredictCall))  # tensor_content read in place (see `inplace`)
-    async def Predict(self, request: PredictCall, context: grpc.aio.ServicerContext) -> apis_pb2.PredictResponse:
+    async def Predict(self, request: PredictCall, context: grpc.aio.ServicerContext) -> bytes:
+        """A serialized PredictResponse (registered with no serializer: see `_PREDICTION_RESPONSES`)."""
         message, contents = request.message, request.contents
         spec = message.model_spec
         version, label = _version_choice(spec)
@@ -322,10 +328,7 @@ class PredictionService(apis_pb2_grpc.PredictionServiceServicer, _Servicer):
             signature=spec.signature_name,
             output_filter=message.output_filter,
         )
-        response = apis_pb2.PredictResponse(model_spec=messages.model_spec(result.version, result.signature))
-        for name, value in result.outputs.items():
-            codec.from_numpy(value, response.outputs[name], tensor_content=self.tensor_content)
-        return response
+        return messages.predict_response(result.version, result.signature, result.outputs, self.tensor_content)
 
     @rpc("classify", apis_pb2.ClassificationRequest)
     async def Classify(
@@ -428,8 +431,9 @@ class ModelService(apis_pb2_grpc.ModelServiceServicer, _Servicer):
         return response
 
 
-_PREDICTION_RESPONSES: dict[str, type[Message]] = {
-    "Predict": apis_pb2.PredictResponse,
+# Each method's response type; None: the method returns its response already serialized.
+_PREDICTION_RESPONSES: dict[str, type[Message] | None] = {
+    "Predict": None,  # `messages.predict_response`
     "Classify": apis_pb2.ClassificationResponse,
     "Regress": apis_pb2.RegressionResponse,
     "MultiInference": apis_pb2.MultiInferenceResponse,
