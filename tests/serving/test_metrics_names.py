@@ -24,6 +24,7 @@ The expected data below is taken from TensorFlow Serving's sources (facts, not c
 from __future__ import annotations
 
 import json
+import math
 import re
 import urllib.error
 import urllib.request
@@ -33,10 +34,20 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from serving import codec
-from serving.metrics import TfMetric, exponential_buckets, render_tf, tf_histogram
+from serving.metrics import (
+    LATENCY_BUCKETS_US,
+    TfMetric,
+    _below,
+    exponential_buckets,
+    observer,
+    render_tf,
+    tf_histogram,
+)
 from serving.proto import apis_pb2, apis_pb2_grpc
 from tests.serving.fixtures import start_server, write_tiny_version
 
@@ -272,3 +283,46 @@ def test_a_server_writes_tf_servings_names_labels_and_health(tmp_path: Path) -> 
         in text
     )
     assert "model_server_batch_size_count" in text
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from([*LATENCY_BUCKETS_US, *map(_below, LATENCY_BUCKETS_US), 0.0, -1.0, math.inf, math.nan]),
+            st.floats(min_value=-1e3, max_value=1e10),
+        ),
+        max_size=40,
+    )
+)
+def test_observer_fills_the_buckets_prometheus_client_fills(values: list[float]) -> None:
+    """`observer`'s bisection against prometheus_client's own scan, on TF's bounds and values at,
+    just under and between them (and NaN, infinity, negatives)."""
+    spec = TfMetric("/x/latency", "histogram", ("model_name",), LATENCY_BUCKETS_US)
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    observe = observer(tf_histogram(spec, ours).labels("m"))
+    reference = tf_histogram(spec, theirs).labels("m")
+    assert getattr(observe, "__self__", None) is not reference  # the fast path, not the fallback
+    for value in values:
+        observe(value)
+        reference.observe(value)
+
+    def samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
+        return [
+            (s.name, s.labels, s.value)
+            for family in registry.collect()
+            for s in family.samples
+            if not s.name.endswith("_created")
+        ]
+
+    assert repr(samples(ours)) == repr(samples(theirs))  # (repr: NaN sums compare equal)
+
+
+def test_observer_falls_back_to_observe_on_an_unknown_layout() -> None:
+    class Other:
+        def observe(self, amount: float) -> None:
+            self.seen = amount
+
+    other = Other()
+    observer(other)(3.0)
+    assert other.seen == 3.0
