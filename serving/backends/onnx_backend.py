@@ -31,7 +31,7 @@ import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -160,6 +160,30 @@ def _ort_errors() -> Any:
     return onnxruntime_pybind11_state
 
 
+def session_runner(session: Any) -> Callable[[list[str], dict[str, Any]], list[Any]]:
+    """How to run `session`: `run(output_names, feed)`.
+
+    On the CPU provider alone, the engine's own `run` (`InferenceSession._sess`, the C++ session
+    that `InferenceSession.run` calls): the Python wrapper around it re-checks the feed's names
+    against the graph through several pybind calls (this backend feeds exactly the signature's
+    inputs, checked by `dataplane.validate_inputs`), checks WebGPU graph capture and OrtValue
+    ownership (neither is used here), and retries on another provider after an EPFail (there is
+    none to retry on). Measured on a digits call: 39.4-40.9 -> 38.3-38.9 us in a loop; under load
+    (h2load, 32 streams of 1 image, interleaved rounds) 2,781-2,796 -> 2,834 req/s in one sitting,
+    within the rounds' spread in another. Any other provider, or an onnxruntime without `_sess`:
+    the wrapper.
+    """
+    engine = getattr(session, "_sess", None)
+    if engine is None or not callable(getattr(engine, "run", None)) or list(session.get_providers()) != ["CPUExecutionProvider"]:
+        return cast(Callable[[list[str], dict[str, Any]], list[Any]], session.run)
+    engine_run = engine.run
+
+    def run(output_names: list[str], feed: dict[str, Any]) -> list[Any]:
+        return cast(list[Any], engine_run(output_names, feed, None))
+
+    return run
+
+
 class OnnxBackend:
     platform = "onnx"
 
@@ -207,6 +231,7 @@ class OnnxBackend:
             return session
 
         self._sessions: dict[str, Any] = {}
+        self._runs: dict[str, Callable[[list[str], dict[str, Any]], list[Any]]] = {}  # file -> `session_runner`
         self._signatures: dict[str, Signature] = {}
         self._bindings: dict[str, SignatureManifest] = {}
         self._outputs: dict[str, tuple[list[str], list[str]]] = {}
@@ -231,6 +256,7 @@ class OnnxBackend:
                 if sig.preprocess.input not in sig.inputs:
                     alternatives[sig.preprocess.input] = sig.preprocess.output
             self._bindings[name] = sig
+            self._runs[sig.onnx.file] = session_runner(self._sessions[sig.onnx.file])
             # The signature's output names and their graph names, in order (`run` without a filter).
             self._outputs[name] = (list(sig.onnx.outputs), list(sig.onnx.outputs.values()))
             self._signatures[name] = Signature(
@@ -291,7 +317,7 @@ class OnnxBackend:
         if signature in self._explainers:
             results = self._explainers[signature](inputs)
             return {name: results[name] for name in (outputs or binding.outputs)}
-        session = self._sessions[binding.onnx.file]
+        run = self._runs[binding.onnx.file]
         onnx_inputs = binding.onnx.inputs
         feed = {
             onnx_inputs[name]: _ort_strings(name, value) if value.dtype.kind == "O" else value
@@ -303,7 +329,7 @@ class OnnxBackend:
             wanted = list(outputs)
             onnx_outputs = [binding.onnx.outputs[name] for name in wanted]
         try:
-            results = session.run(onnx_outputs, feed)
+            arrays: list[np.ndarray] = run(onnx_outputs, feed)
         except (_ort_errors().InvalidArgument, _ort_errors().Fail) as exc:
             # An op refused these values although the signature accepts their shapes (a Reshape
             # that does not divide, say): the input's fault, as TF Serving passes an op's
@@ -312,8 +338,9 @@ class OnnxBackend:
             raise InvalidArgument(f"the model cannot run on this input: {message}") from exc
         return {
             name: _served_strings(result) if result.dtype.kind == "O" else result
-            for name, result in zip(wanted, results, strict=True)
+            for name, result in zip(wanted, arrays, strict=True)
         }
 
     def close(self) -> None:
         self._sessions.clear()
+        self._runs.clear()
