@@ -302,6 +302,11 @@ def _fill_value_field(array: np.ndarray, proto: tensor_pb2.TensorProto) -> None:
 _SMALL_VARINTS = [bytes([value]) for value in range(128)]
 
 
+def packed_varints(values: Sequence[int]) -> bytes:
+    """Non-negative integers as a packed repeated varint field's payload (a shape's dims)."""
+    return b"".join(_SMALL_VARINTS[v] if 0 <= v < 128 else _varint(v) for v in values)
+
+
 def _varint(value: int) -> bytes:
     """A protobuf base-128 varint."""
     out = bytearray()

@@ -601,3 +601,29 @@ def test_generated_grpc_stub_is_fresh(tmp_path: Path) -> None:
     )
     generated = (tmp_path / "serving/proto/inference_pb2_grpc.py").read_text()
     assert (REPO_ROOT / "serving/proto/inference_pb2_grpc.py").read_text() == generated, "run `make protos`"
+
+
+_RAW_OUTPUTS = {
+    "probabilities": np.arange(20, dtype=np.float32).reshape(2, 10),
+    "ids": np.array([[1, -(1 << 40)]], dtype=np.int64),
+    "flags": np.array([True, False]),
+    "half": np.array([0.5], dtype=np.float16),
+    "labels": np.array([b"cat", "dög".encode()], dtype=object),
+    "scalar": np.array(2.5, dtype=np.float64),
+    "empty": np.zeros((0, 3), np.float32),
+    "wide": np.zeros((1, 300), np.uint8),  # a dim over 127: a two-byte varint
+    "ümlaut": np.ones((1, 1), np.float32),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_RAW_OUTPUTS))
+@pytest.mark.parametrize(("model", "request_id"), [("digits", "req-7"), ("dígits", ""), ("", "")])
+def test_the_raw_response_parses_as_the_message_built_field_by_field(name: str, model: str, request_id: str) -> None:
+    from serving.protocol.v2.grpc import infer_response_raw
+
+    outputs = {name: _RAW_OUTPUTS[name], "second": np.ones((2, 1), np.float32)}
+    expected = inference_pb2.ModelInferResponse(model_name=model, model_version="3", id=request_id)
+    for key, value in outputs.items():
+        expected.outputs.add(name=key, datatype=common.datatype_of(value.dtype), shape=common.shape_of(value))
+        expected.raw_output_contents.append(common.encode_raw(value))
+    assert inference_pb2.ModelInferResponse.FromString(infer_response_raw(model, "3", request_id, outputs)) == expected

@@ -168,7 +168,8 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer, tf_grpc.
         )
 
     @rpc("v2_infer", _named(inference_pb2.ModelInferRequest, "model_name", "model_version", parse_model_infer))
-    async def ModelInfer(self, request: _Named, context: grpc.aio.ServicerContext) -> inference_pb2.ModelInferResponse:
+    async def ModelInfer(self, request: _Named, context: grpc.aio.ServicerContext) -> bytes:
+        """A serialized ModelInferResponse (registered with no serializer: see `RESPONSES`)."""
         message: inference_pb2.ModelInferRequest = request.message
         parameters = _parameters(message.parameters)
         target = common.Target.resolve(
@@ -213,20 +214,18 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer, tf_grpc.
             target.model, inputs, version=resolved.version, signature=signature.name, output_filter=requested
         )
         outputs = common.classify_outputs(result.outputs, classes, labels)
-        response = inference_pb2.ModelInferResponse(
-            model_name=target.name, model_version=str(result.version.version), id=message.id
-        )
+        version = str(result.version.version)
         as_raw = bool(raw) or any(common.datatype_of(v.dtype) not in common.CONTENTS_FIELDS for v in outputs.values())
+        if as_raw:  # as Triton's clients ask (and every output then fits the raw form)
+            return infer_response_raw(target.name, version, message.id, outputs)
+        response = inference_pb2.ModelInferResponse(model_name=target.name, model_version=version, id=message.id)
         for name, value in outputs.items():
             datatype = common.datatype_of(value.dtype)
             entry = response.outputs.add(name=name, datatype=datatype, shape=common.shape_of(value))
-            if as_raw:
-                response.raw_output_contents.append(common.encode_raw(value))
-            else:
-                field = getattr(entry.contents, common.CONTENTS_FIELDS[datatype])
-                flat = value.reshape(-1)
-                field.extend(list(flat) if value.dtype == codec.STRING else flat.tolist())
-        return response
+            field = getattr(entry.contents, common.CONTENTS_FIELDS[datatype])
+            flat = value.reshape(-1)
+            field.extend(list(flat) if value.dtype == codec.STRING else flat.tolist())
+        return response.SerializeToString()
 
     def _typed_input(self, tensor: Any, shape: list[int]) -> np.ndarray:
         name, datatype, contents = tensor.name, tensor.datatype, tensor.contents
@@ -268,13 +267,41 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer, tf_grpc.
         return inference_pb2.RepositoryModelUnloadResponse()
 
 
-RESPONSES: dict[str, type[Message]] = {
+# The wire of ModelInferResponse (model_name 1, model_version 2, id 3, outputs 5,
+# raw_output_contents 6) and of its InferOutputTensor (name 1, datatype 2, shape 3: packed int64).
+_MODEL_NAME_TAG, _MODEL_VERSION_TAG, _ID_TAG = b"\x0a", b"\x12", b"\x1a"
+_OUTPUTS_TAG, _RAW_OUTPUT_TAG = b"\x2a", b"\x32"
+_NAME_TAG, _DATATYPE_TAG, _SHAPE_TAG = b"\x0a", b"\x12", b"\x1a"
+
+
+def infer_response_raw(model: str, version: str, request_id: str, outputs: Mapping[str, np.ndarray]) -> bytes:
+    """A serialized ModelInferResponse with every output in raw_output_contents, written to the
+    wire directly (as `messages.predict_response` writes Predict's): no message, repeated fields or
+    copies per request. Empty strings are left out, as protobuf leaves out a default value."""
+    parts = [
+        codec.length_delimited(tag, value.encode("utf-8"))
+        for tag, value in ((_MODEL_NAME_TAG, model), (_MODEL_VERSION_TAG, version), (_ID_TAG, request_id))
+        if value
+    ]
+    for name, value in outputs.items():
+        tensor = codec.length_delimited(_NAME_TAG, name.encode("utf-8")) + codec.length_delimited(
+            _DATATYPE_TAG, common.datatype_of(value.dtype).encode("ascii")
+        )
+        if value.ndim:
+            tensor += codec.length_delimited(_SHAPE_TAG, codec.packed_varints(value.shape))
+        parts.append(codec.length_delimited(_OUTPUTS_TAG, tensor))
+    parts.extend(codec.length_delimited(_RAW_OUTPUT_TAG, common.encode_raw(value)) for value in outputs.values())
+    return b"".join(parts)
+
+
+# Each method's response type; None: the method returns its response already serialized.
+RESPONSES: dict[str, type[Message] | None] = {
     "ServerLive": inference_pb2.ServerLiveResponse,
     "ServerReady": inference_pb2.ServerReadyResponse,
     "ModelReady": inference_pb2.ModelReadyResponse,
     "ServerMetadata": inference_pb2.ServerMetadataResponse,
     "ModelMetadata": inference_pb2.ModelMetadataResponse,
-    "ModelInfer": inference_pb2.ModelInferResponse,
+    "ModelInfer": None,  # `infer_response_raw`, or the message serialized
     "RepositoryIndex": inference_pb2.RepositoryIndexResponse,
     "RepositoryModelLoad": inference_pb2.RepositoryModelLoadResponse,
     "RepositoryModelUnload": inference_pb2.RepositoryModelUnloadResponse,
