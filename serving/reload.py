@@ -259,7 +259,7 @@ def tf_metric_values(metrics: Metrics, names: Iterable[str]) -> dict[str, int]:
     """
     wanted = list(dict.fromkeys(names))
     specs = {spec.path: spec for spec in TF_METRICS}
-    families = {family.name: family for family in metrics.registry.collect()}
+    families = {family.name: family for family in metrics.families()}
     values = {}
     for name in wanted:
         spec = specs.get(name)
