@@ -124,10 +124,9 @@ class Batcher:
         self._limit = config.execution_batch_size
         # The most rows requests are merged into (a batch is full at this size).
         self._merge_limit = min(self._limit, preferred_rows) if preferred_rows > 0 else self._limit
-
-    @property
-    def _max_queued_rows(self) -> int:
-        return self._limit * self.config.max_enqueued_batches
+        self._max_queued_rows = self._limit * config.max_enqueued_batches
+        # Whether a request may run at once on an idle engine (see `submit`): only with no timeout.
+        self._at_once = config.batch_timeout_micros == 0
 
     async def submit(self, inputs: Tensors) -> dict[str, np.ndarray]:
         """Queue one request's tensors; returns its own rows of the batched result."""
@@ -143,15 +142,16 @@ class Batcher:
             return await self._submit_split(batch_key(inputs, pad), inputs, rows)
         key = batch_key(inputs, pad) if self._queues else None  # (no queue: none to look up)
         if (
-            self.config.batch_timeout_micros == 0
+            self._at_once
             and (key is None or key not in self._queues)
             and self._free_slots == self.config.num_batch_threads
-            and self._inline(self._padded(rows), 1)
         ):
-            # Nothing is waiting to share a batch, no batch is running, and the call is cheap: run
-            # it now, exactly as an unbatched request would (a batch of one through the queue costs
-            # a future and a loop turn, and gains nothing).
-            return self._run_now(inputs, rows)
+            padded = self._padded(rows)
+            if self._inline(padded, 1):
+                # Nothing is waiting to share a batch, no batch is running, and the call is cheap:
+                # run it now, exactly as an unbatched request would (a batch of one through the
+                # queue costs a future and a loop turn, and gains nothing).
+                return self._run_now(inputs, rows, padded)
         return await self._enqueue(key if key is not None else batch_key(inputs, pad), inputs, rows)
 
     def _enqueue(self, key: tuple[object, ...], inputs: Tensors, rows: int) -> asyncio.Future[dict[str, np.ndarray]]:
@@ -202,12 +202,11 @@ class Batcher:
             left -= sizes[-1]
         return sizes
 
-    def _run_now(self, inputs: Tensors, rows: int) -> dict[str, np.ndarray]:
-        padded = self._padded(rows)
+    def _run_now(self, inputs: Tensors, rows: int, padded: int) -> dict[str, np.ndarray]:
         if self._on_dequeue is not None:
             self._on_dequeue(rows, 0.0)
         started = time.perf_counter()
-        outputs = self._concat_and_run([inputs], rows)
+        outputs = self._concat_and_run([inputs], rows, padded)
         if self._observe is not None:
             self._observe(rows, padded, time.perf_counter() - started)
         computed(started, time.perf_counter())
@@ -291,6 +290,8 @@ class Batcher:
         self._dispatch(key)
 
     def _padded(self, rows: int) -> int:
+        if not self.config.allowed_batch_sizes:
+            return rows
         for size in self.config.allowed_batch_sizes:
             if size >= rows:
                 return size
@@ -311,7 +312,8 @@ class Batcher:
         started = time.perf_counter()
         live = [p for p in batch if not p.future.cancelled()]
         try:
-            outputs = self._concat_and_run([p.inputs for p in live], sum(p.rows for p in live)) if live else None
+            rows = sum(p.rows for p in live)
+            outputs = self._concat_and_run([p.inputs for p in live], rows, self._padded(rows)) if live else None
         except Exception as exc:
             return functools.partial(self._fail, batch, exc)
         return functools.partial(self._deliver, live, outputs, started, time.perf_counter())
@@ -377,9 +379,9 @@ class Batcher:
             if not pending.future.done():
                 pending.future.set_result(part)
 
-    def _concat_and_run(self, parts: list[Tensors], rows: int) -> dict[str, np.ndarray]:
-        """One engine call on the requests' tensors stacked (and padded to an allowed batch size)."""
-        padded = self._padded(rows)
+    def _concat_and_run(self, parts: list[Tensors], rows: int, padded: int) -> dict[str, np.ndarray]:
+        """One engine call on the requests' tensors stacked (and padded to `padded` rows, an allowed
+        batch size)."""
         if self.config.pad_variable_length_inputs and len(parts) > 1:
             # Same names, dtypes and ranks (the batch key); non-batch dimensions may differ.
             dims = {
@@ -387,8 +389,9 @@ class Batcher:
                 for name in parts[0]
             }
             parts = [{name: pad_to(value, dims[name]) for name, value in part.items()} for part in parts]
+        merged: Tensors
         if len(parts) == 1 and padded == rows:
-            merged = dict(parts[0])
+            merged = parts[0]
         else:
             merged = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
             if padded > rows:

@@ -675,8 +675,8 @@ class DataPlane:
                 self.executor,
                 observe,
                 inline=lambda rows, requests: self._inline(version, signature, rows, requests),
-                on_submit=lambda tensors: metrics.batching_submitted(int(value.shape[0]) for value in tensors.values()),
-                on_dequeue=lambda rows, seconds: metrics.batching_dequeued(seconds),
+                on_submit=metrics.batching_submitted,
+                on_dequeue=metrics.batching_dequeued,
                 preferred_rows=self.preferred_batch_size,
             )
             version.batchers[signature] = batcher

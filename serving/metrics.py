@@ -28,7 +28,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
@@ -349,16 +349,17 @@ class Metrics:
             observe = self._runtimes[(model, api)] = self.deferred.histogram(series)
         observe(int(seconds * 1e6))
 
-    def batching_submitted(self, batch_sizes: Iterable[int]) -> None:
-        """A request entering a batch queue: TF Serving's input_batch_size, one sample per input
-        tensor (its batch dimension), as its batching session records them."""
+    def batching_submitted(self, tensors: Mapping[str, Any]) -> None:
+        """A request's tensors entering a batch queue: TF Serving's input_batch_size, one sample per
+        input tensor (its batch dimension), as its batching session records them."""
         if self._batching_session is not None:
-            for size in batch_sizes:
-                self._batching_session.observe_input(size)
+            observe = self._batching_session.observe_input
+            for value in tensors.values():
+                observe(value.shape[0])
 
-    def batching_dequeued(self, queued_seconds: float) -> None:
-        """A task (a request, or a piece of a split one) taken from a batch queue into a batch:
-        TF Serving's queuing_latency, the time it waited."""
+    def batching_dequeued(self, rows: int, queued_seconds: float) -> None:
+        """A task of `rows` rows (a request, or a piece of a split one) taken from a batch queue into
+        a batch: TF Serving's queuing_latency, the time it waited."""
         if self._batching_session is not None:
             self._batching_session.observe_queued(queued_seconds)
 
@@ -566,7 +567,7 @@ class _BatchingSession:
         deferred = metrics.deferred
         self._runs = deferred.counter(metrics.wrapped_run_count)
         self._processed = deferred.histogram(metrics.processed_batch_size)
-        self._inputs = deferred.histogram(metrics.input_batch_size)
+        self.observe_input = deferred.histogram(metrics.input_batch_size)  # (rows)
         self._queuing = deferred.histogram(metrics.queuing_latency.labels(BATCHING_THREAD_POOL))
         self._padding_metric = metrics.padding_size
         self._deferred = deferred
@@ -579,9 +580,6 @@ class _BatchingSession:
         if observe is None:
             observe = self._padding[padded] = self._deferred.histogram(self._padding_metric.labels(str(padded)))
         observe(padded - rows)
-
-    def observe_input(self, rows: int) -> None:
-        self._inputs(rows)
 
     def observe_queued(self, queued_seconds: float) -> None:
         self._queuing(int(queued_seconds * 1e6))

@@ -8,6 +8,7 @@ import math
 import sys
 import threading
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter
@@ -144,8 +145,8 @@ def test_the_page_counts_every_request_at_once() -> None:
     metrics = Metrics(["digits"], batching=True)
     metrics.observe_request("digits", "predict", "GRPC", "OK", 0.0012)
     metrics.engine("digits", "serving_default").observe(3, 4, 0.0004)
-    metrics.batching_submitted([3])
-    metrics.batching_dequeued(0.0001)
+    metrics.batching_submitted({"image": np.zeros((3, 2))})
+    metrics.batching_dequeued(3, 0.0001)
     text = metrics.render().decode()
     assert ':tensorflow:serving:request_count{model_name="digits",status="OK"} 1' in text
     assert ':tensorflow:serving:request_latency_count{model_name="digits",API="Predict",entrypoint="GRPC"} 1' in text
