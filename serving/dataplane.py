@@ -103,11 +103,13 @@ def _check_tensor(name: str, value: np.ndarray, meta: TensorMeta, max_string_byt
             raise InvalidArgument(
                 f"input '{name}' must have rank {len(meta.shape)} (shape {_shape(meta.shape)}), got shape {list(value.shape)}"
             )
-        for axis, (want, got) in enumerate(zip(meta.shape, value.shape, strict=True)):
-            if want >= 0 and want != got:
-                raise InvalidArgument(
-                    f"input '{name}' must have shape {_shape(meta.shape)}, got {list(value.shape)} (axis {axis})"
-                )
+        tail = meta.known_tail
+        if tail is None or value.shape[1:] != tail:  # (else it fits: one comparison)
+            for axis, (want, got) in enumerate(zip(meta.shape, value.shape, strict=True)):
+                if want >= 0 and want != got:
+                    raise InvalidArgument(
+                        f"input '{name}' must have shape {_shape(meta.shape)}, got {list(value.shape)} (axis {axis})"
+                    )
     if value.shape[0] == 0:
         raise InvalidArgument(f"input '{name}' is an empty batch (0 rows)")
     if value.dtype.kind in "fc" and not all_finite(value):
@@ -148,7 +150,10 @@ def all_finite(value: np.ndarray) -> bool:
     if tops is not None and value.size <= FINITE_BY_BYTES_MAX_ELEMENTS:
         big_endian = dtype.byteorder == ">" or (dtype.byteorder == "=" and sys.byteorder == "big")
         top = value.tobytes()[0 if big_endian else width - 1 :: width]  # (C order; any layout)
-        if not any(byte in top for byte in tops):
+        for byte in tops:
+            if byte in top:
+                break  # maybe not finite: the ufunc decides
+        else:
             return True
     return bool(np.isfinite(value).all())
 

@@ -22,6 +22,14 @@ class TensorMeta:
     dtype: np.dtype  # np.dtype(object) for strings
     shape: tuple[int, ...]  # -1 where unknown; batch dimension first
 
+    @functools.cached_property
+    def known_tail(self) -> tuple[int, ...] | None:
+        """The dimensions after the batch one when the batch is free and all of them are known
+        (a tensor fits when its shape ends with exactly these), else None."""
+        if self.shape and self.shape[0] < 0 and all(size >= 0 for size in self.shape[1:]):
+            return self.shape[1:]
+        return None
+
 
 @dataclass(frozen=True)
 class Signature:

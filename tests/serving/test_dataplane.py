@@ -26,6 +26,9 @@ TWO_INPUTS = Signature(
     {"a": TensorMeta(np.dtype(np.float32), (-1, 2)), "b": TensorMeta(np.dtype(np.int64), (-1, -1))},
     {"y": TensorMeta(np.dtype(np.float32), (-1,))},
 )
+FIXED_BATCH = Signature(  # (a batch dimension fixed by the graph: no fast shape comparison)
+    "fixed", "tensorflow/serving/predict", {"x": TensorMeta(np.dtype(np.float32), (1, 3))}, {}
+)
 
 
 def _images(n: int) -> np.ndarray:
@@ -36,6 +39,9 @@ def test_valid_inputs_pass() -> None:
     validate_inputs(IMAGE, {"image": _images(3)})
     validate_inputs(IMAGE, {"image_bytes": np.array([b"\x89PNG"], dtype=STRING)})
     validate_inputs(TWO_INPUTS, {"a": np.zeros((2, 2), np.float32), "b": np.zeros((2, 7), np.int64)})
+    validate_inputs(FIXED_BATCH, {"x": np.zeros((1, 3), np.float32)})
+    assert IMAGE.inputs["image"].known_tail == (28, 28, 1)
+    assert TWO_INPUTS.inputs["b"].known_tail is None and FIXED_BATCH.inputs["x"].known_tail is None
 
 
 @pytest.mark.parametrize(
@@ -48,6 +54,8 @@ def test_valid_inputs_pass() -> None:
         (IMAGE, {"image": _images(1).astype(np.float64)}, "must be float32, got float64"),
         (IMAGE, {"image": np.zeros((1, 28, 28), np.float32)}, "rank 4"),
         (IMAGE, {"image": np.zeros((1, 28, 27, 1), np.float32)}, "axis 2"),
+        (FIXED_BATCH, {"x": np.zeros((2, 3), np.float32)}, "axis 0"),
+        (FIXED_BATCH, {"x": np.zeros((1, 4), np.float32)}, "axis 1"),
         (IMAGE, {"image": _images(0)}, "empty batch"),
         (IMAGE, {"image": np.full((1, 28, 28, 1), np.inf, np.float32)}, "NaN or infinite"),
         (IMAGE, {"image_bytes": np.array(["text"], dtype=STRING)}, "non-bytes element"),
