@@ -308,6 +308,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="auto: h2load if installed",
     )
     peers.add_argument(
+        "--rest",
+        action="store_true",
+        help="TF Serving's REST predict instead: 32 digits per JSON request over HTTP/1.1, beside the same over gRPC",
+    )
+    peers.add_argument(
+        "--connections", type=int, default=4, help="--rest: HTTP/1.1 connections, one request in flight on each"
+    )
+    peers.add_argument(
         "--kserve-venv",
         type=Path,
         default=None,
@@ -320,8 +328,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         catdog = args.model == "catdog"  # --model catdog: catdog's float and JPEG paths (peers/catdog.py)
         if not catdog and args.model != "digits":
             parser.error("--peers measures --model digits (beside KServe and the floor) or --model catdog")
+        if catdog and args.rest:
+            parser.error("--rest measures digits")
         if catdog:
             from loadtests.peers.catdog import run_catdog as run_peers
+        if args.rest:
+            from loadtests.peers.rest import run_rest
+
+            def run_peers(config: PeersConfig) -> int:
+                return run_rest(config, max(1, args.connections))
+
         return run_peers(
             PeersConfig(
                 models_dir=args.models_dir,

@@ -88,14 +88,27 @@ def parse_log(text: str) -> tuple[list[float], int]:
 
 
 def command(
-    url: str, body: Path, seconds: float | None, requests: int, streams: int, log: Path | None
+    url: str,
+    body: Path,
+    seconds: float | None,
+    requests: int,
+    streams: int,
+    log: Path | None,
+    *,
+    http1_connections: int = 0,
 ) -> list[str]:
-    """One connection with `streams` requests in flight, for `seconds` (or `requests` if None)."""
+    """One connection with `streams` requests in flight, for `seconds` (or `requests` if None).
+    With `http1_connections`: that many HTTP/1.1 connections instead, one JSON request in flight
+    on each (`streams` is then unused: HTTP/1.1 has no streams)."""
     binary = shutil.which("h2load")
     if binary is None:
         raise H2loadError("h2load is not installed (Debian: apt-get install nghttp2-client)")
-    args = [binary, "-c", "1", "-t", "1", "-m", str(streams), "-d", str(body)]
-    args += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+    if http1_connections:
+        args = [binary, "--h1", "-c", str(http1_connections), "-t", "1", "-m", "1", "-d", str(body)]
+        args += ["-H", "content-type: application/json"]
+    else:
+        args = [binary, "-c", "1", "-t", "1", "-m", str(streams), "-d", str(body)]
+        args += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
     args += ["-D", f"{seconds:g}"] if seconds is not None else ["-n", str(requests)]
     if log is not None:
         args += ["--log-file", str(log)]
@@ -103,7 +116,14 @@ def command(
 
 
 def run(
-    url: str, body: Path, seconds: float | None, requests: int, streams: int, log: Path | None = None
+    url: str,
+    body: Path,
+    seconds: float | None,
+    requests: int,
+    streams: int,
+    log: Path | None = None,
+    *,
+    http1_connections: int = 0,
 ) -> H2loadSummary:
     """Run h2load to completion (it stops by itself; a hang is cut after `seconds` + 60 s)."""
     if not url.startswith("http://127.0.0.1:"):
@@ -111,7 +131,7 @@ def run(
     limit = (seconds or 0) + 60
     try:
         done = subprocess.run(
-            command(url, body, seconds, requests, streams, log),
+            command(url, body, seconds, requests, streams, log, http1_connections=http1_connections),
             capture_output=True,
             text=True,
             timeout=limit,

@@ -4,6 +4,7 @@ installs KServe or starts a server."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadtests.peers import h2load, procstat, wire
+from loadtests.peers import h2load, procstat, rest, wire
 from loadtests.peers.run import KSERVE, ORT_ROW, PeerPoint, median_point, percentiles, table
 from serving.proto import apis_pb2, tensor_pb2
 
@@ -160,6 +161,13 @@ def test_command_is_one_connection_with_streams_in_flight(monkeypatch: pytest.Mo
     assert "-n" in h2load.command("http://127.0.0.1:1/m", Path("b"), None, 200, 32, None)
 
 
+def test_http1_command_is_connections_with_one_json_request_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(h2load.shutil, "which", lambda _name: "/usr/bin/h2load")
+    args = h2load.command("http://127.0.0.1:1/v1/models/d:predict", Path("b.json"), 5, 0, 32, None, http1_connections=4)
+    assert args[:10] == ["/usr/bin/h2load", "--h1", "-c", "4", "-t", "1", "-m", "1", "-d", "b.json"]
+    assert "content-type: application/json" in args and "te: trailers" not in args
+
+
 def test_run_refuses_anything_but_loopback() -> None:
     with pytest.raises(h2load.H2loadError, match=r"127\.0\.0\.1 only"):
         h2load.run("http://10.0.0.1:8500/m", Path("b"), 1, 0, 1)
@@ -267,3 +275,21 @@ def test_catdog_standin_serves_both_paths_as_the_bench_checks_them(tmp_path: Pat
     assert float_answer.shape == (1, 2)
     np.testing.assert_allclose(float_answer, expected_float, atol=1e-5)
     np.testing.assert_allclose(jpeg_answer, expected_jpeg, atol=1e-5)
+
+
+def test_rest_body_is_tf_servings_row_format_and_round_trips_float32() -> None:
+    images = np.random.default_rng(1).random((2, 28, 28, 1), dtype=np.float32)
+    body = rest.predict_json(images)
+    parsed = np.asarray(json.loads(body)["instances"], dtype=np.float32)
+    assert parsed.shape == (2, 28, 28, 1) and np.array_equal(parsed, images)  # exact: no rounding
+    assert rest.predictions(b'{"predictions": [[0.25, 0.75]]}').tolist() == [[0.25, 0.75]]
+
+
+def test_rest_table_gives_images_per_second_against_the_same_server_over_grpc() -> None:
+    rows = {
+        ("REST", "this server, batching off"): [PeerPoint("this server, batching off", 32, 250, 0, 1.0, 1.25, 15.0, 20.0)],
+        ("gRPC", "this server, batching off"): [PeerPoint("this server, batching off", 32, 1000, 0, 1.0, 1.5, 10.0, 12.0)],
+    }
+    lines = rest.table(rows).splitlines()
+    assert lines[2] == "| REST | this server, batching off | 32 | 250 | 8,000 | 5.00 | 15.00 | 20.00 | 0.25x |"
+    assert lines[3] == "| gRPC | this server, batching off | 32 | 1,000 | 32,000 | 1.50 | 10.00 | 12.00 | 1.00x |"
