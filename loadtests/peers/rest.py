@@ -34,6 +34,7 @@ from loadtests.peers.run import (
     median_point,
     ort_session,
     percentiles,
+    start_digits_server,
     verify,
 )
 
@@ -86,8 +87,6 @@ def measure_rest(contender: RestContender, body_file: Path, config: PeersConfig,
 
 
 def run_rest(config: PeersConfig, connections: int = CONNECTIONS) -> int:
-    from loadtests.bench import run_server
-
     if not shutil.which("h2load"):
         raise SystemExit("the REST bench needs h2load (apt-get install nghttp2-client)")
     base, model_file, standin = digits_model(config.models_dir, REPO_ROOT / ".bench" / "standin")
@@ -111,21 +110,16 @@ def run_rest(config: PeersConfig, connections: int = CONNECTIONS) -> int:
             label = f"this server, batching {'on' if batching else 'off'}"
             print(f"==> starting {label}", flush=True)
             log = folder / f"rest-{'on' if batching else 'off'}.log"
-            server, target, rest_url = run_server(
-                "digits",
-                base,
-                batching,
-                config.threads,
-                log,
-                config.batch_timeout_micros,
-                config.workers,
-                config.preferred_batch_size,
-            )
-            stack.callback(server.stop)
+            server = start_digits_server(stack, log, config=config, base=base, batching=batching)
             pid = server.process.pid
-            rest = check_rest(label, pid, f"{rest_url}/v1/models/digits:predict", body, expected)
+            rest = check_rest(label, pid, f"{server.rest_url}/v1/models/digits:predict", body, expected)
             grpc_contender = Contender(
-                label, pid, target, wire.PREDICT_METHOD, {IMAGES: wire.predict_request(images)}, wire.predict_probabilities
+                label,
+                pid,
+                server.grpc_target,
+                wire.PREDICT_METHOD,
+                {IMAGES: wire.predict_request(images)},
+                wire.predict_probabilities,
             )
             servers.append((rest, grpc_contender, verify(grpc_contender, {IMAGES: expected})[IMAGES]))
         for round_number in range(1, config.rounds + 1):

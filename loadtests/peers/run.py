@@ -46,6 +46,7 @@ import numpy as np
 
 from loadtests.peers import h2load, procstat, wire
 from loadtests.peers.standin import write_standin
+from serving.launcher import ServerProcess
 
 PEERS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PEERS_DIR.parents[1]
@@ -248,10 +249,24 @@ def start_this_server(
     v2: bool = False,
 ) -> Contender:
     """This server, called through TF Serving's Predict or (`v2`) the Open Inference Protocol's ModelInfer."""
+    log = folder / f"server-batching-{'on' if batching else 'off'}{'-v2' if v2 else ''}.log"
+    server = start_digits_server(stack, log, config=config, base=base, batching=batching)
+    target = server.grpc_target
+    name = this_server_name(batching, v2)
+    pid = server.process.pid
+    if v2:
+        return Contender(name, pid, target, wire.MODEL_INFER_METHOD, bodies, wire.model_infer_probabilities)
+    return Contender(name, pid, target, wire.PREDICT_METHOD, bodies, wire.predict_probabilities)
+
+
+def start_digits_server(
+    stack: ExitStack, log: Path, *, config: PeersConfig, base: Path, batching: bool
+) -> ServerProcess:
+    """This server on digits as the digits tables run it (threads, workers, batching parameters
+    from `config`), stopped when `stack` closes."""
     from loadtests.bench import run_server
 
-    log = folder / f"server-batching-{'on' if batching else 'off'}{'-v2' if v2 else ''}.log"
-    server, target, _ = run_server(
+    server, _, _ = run_server(
         "digits",
         base,
         batching,
@@ -262,11 +277,7 @@ def start_this_server(
         config.preferred_batch_size,
     )
     stack.callback(server.stop)
-    name = this_server_name(batching, v2)
-    pid = server.process.pid
-    if v2:
-        return Contender(name, pid, target, wire.MODEL_INFER_METHOD, bodies, wire.model_infer_probabilities)
-    return Contender(name, pid, target, wire.PREDICT_METHOD, bodies, wire.predict_probabilities)
+    return server
 
 
 def this_server_name(batching: bool, v2: bool) -> str:

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter
 
-from serving.metrics import LATENCY_BUCKETS_US, Deferred, Metrics, TfMetric, _below, tf_histogram
+from serving.metrics import LATENCY_BUCKETS_US, Deferred, Metrics, TfMetric, tf_histogram
+from tests.serving.test_metrics_names import OBSERVED_VALUES
 
 SPEC = TfMetric("/x/latency", "histogram", ("model_name",), LATENCY_BUCKETS_US)
 
@@ -39,16 +40,7 @@ def assert_same(ours: CollectorRegistry, theirs: CollectorRegistry) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    st.lists(
-        st.one_of(
-            st.sampled_from([*LATENCY_BUCKETS_US, *map(_below, LATENCY_BUCKETS_US), 0.0, -1.0, math.inf, math.nan]),
-            st.floats(min_value=-1e3, max_value=1e10),
-        ),
-        max_size=60,
-    ),
-    st.integers(min_value=1, max_value=8),
-)
+@given(st.lists(OBSERVED_VALUES, max_size=60), st.integers(min_value=1, max_value=8))
 def test_a_deferred_histogram_fills_what_prometheus_client_fills(values: list[float], limit: int) -> None:
     """Flushed, and folding by itself every `limit` records: the same buckets as `observe`."""
     ours, theirs = CollectorRegistry(), CollectorRegistry()

@@ -285,16 +285,15 @@ def test_a_server_writes_tf_servings_names_labels_and_health(tmp_path: Path) -> 
     assert "model_server_batch_size_count" in text
 
 
-@settings(max_examples=200, deadline=None)
-@given(
-    st.lists(
-        st.one_of(
-            st.sampled_from([*LATENCY_BUCKETS_US, *map(_below, LATENCY_BUCKETS_US), 0.0, -1.0, math.inf, math.nan]),
-            st.floats(min_value=-1e3, max_value=1e10),
-        ),
-        max_size=40,
-    )
+# Values at, just under and between TF's latency bounds, and NaN, infinity, negatives.
+OBSERVED_VALUES = st.one_of(
+    st.sampled_from([*LATENCY_BUCKETS_US, *map(_below, LATENCY_BUCKETS_US), 0.0, -1.0, math.inf, math.nan]),
+    st.floats(min_value=-1e3, max_value=1e10),
 )
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(OBSERVED_VALUES, max_size=40))
 def test_observer_fills_the_buckets_prometheus_client_fills(values: list[float]) -> None:
     """`observer`'s bisection against prometheus_client's own scan, on TF's bounds and values at,
     just under and between them (and NaN, infinity, negatives)."""
