@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 from google.protobuf import text_format
@@ -33,8 +33,7 @@ from serving.repository import ModelVersion, Repository
 DEFAULT_SIGNATURE = "serving_default"
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):  # (a tuple: made once per request, at a tuple's cost)
     version: ModelVersion
     signature: str
     outputs: dict[str, np.ndarray]
@@ -114,7 +113,7 @@ def _check_tensor(name: str, value: np.ndarray, meta: TensorMeta, max_string_byt
         raise InvalidArgument(f"input '{name}' is an empty batch (0 rows)")
     if value.dtype.kind in "fc" and not all_finite(value):
         raise InvalidArgument(f"input '{name}' contains NaN or infinite values")
-    if value.dtype == STRING:
+    if value.dtype.kind == "O":  # (STRING: the only object dtype)
         for element in value.reshape(-1):
             if not isinstance(element, bytes):
                 raise InvalidArgument(f"input '{name}' holds a non-bytes element")
@@ -593,30 +592,29 @@ class DataPlane:
             raise InvalidArgument(
                 f"Task size {rows} is larger than maximum input batch size {self.batching.max_batch_size}"
             )
-        for name in output_filter:
-            if not isinstance(name, str) or name not in sig.outputs:
-                raise InvalidArgument(
-                    f"output_filter names {name!r}, which signature '{sig.name}' does not have; "
-                    f"outputs are {sorted(sig.outputs)}"
-                )
+        if output_filter:
+            for name in output_filter:
+                if not isinstance(name, str) or name not in sig.outputs:
+                    raise InvalidArgument(
+                        f"output_filter names {name!r}, which signature '{sig.name}' does not have; "
+                        f"outputs are {sorted(sig.outputs)}"
+                    )
         # A string element costs its bytes plus a fixed overhead: a million empty strings are not free.
         overhead = self.limits.string_element_overhead
-        total = sum(
-            v.nbytes if v.dtype != STRING else sum(map(len, v.reshape(-1))) + overhead * v.size
-            for v in inputs.values()
-        )
+        total = 0
+        for v in inputs.values():
+            total += v.nbytes if v.dtype.kind != "O" else sum(map(len, v.reshape(-1))) + overhead * v.size
         if total > self.max_tensor_bytes:
             raise InvalidArgument(f"inputs total {total} bytes, over the {self.max_tensor_bytes}-byte limit")
 
         backend = resolved.backend
         assert backend is not None  # resolve() returns AVAILABLE versions; the lease keeps it so
-        loop = asyncio.get_running_loop()
         # TF Serving's runtime_latency spans the request's Session::Run: with batching its wait in the
         # batch queue and its batch's run; image decoding and tokenizing (`prepare`), which a
         # SavedModel does in its graph, included.
         started = time.perf_counter()
         prepared = (
-            await loop.run_in_executor(self.executor, backend.prepare, sig.name, inputs)
+            await asyncio.get_running_loop().run_in_executor(self.executor, backend.prepare, sig.name, inputs)
             if sig.needs_prepare
             else inputs
         )
@@ -629,7 +627,7 @@ class DataPlane:
         elif self._inline(resolved, sig.name, rows_of(prepared)):
             outputs = self._run(resolved, backend, sig.name, prepared, record)
         else:
-            outputs = await loop.run_in_executor(
+            outputs = await asyncio.get_running_loop().run_in_executor(
                 self.executor, self._run, resolved, backend, sig.name, prepared, record
             )
         if api is not None:
