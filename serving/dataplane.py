@@ -646,9 +646,8 @@ class DataPlane:
     ) -> dict[str, np.ndarray]:
         started = time.perf_counter()
         outputs = backend.run(signature, inputs)
-        self.metrics.engine(version.name, signature).observe(
-            rows_of(inputs), rows_of(inputs), time.perf_counter() - started
-        )
+        rows = rows_of(inputs)
+        self.metrics.engine(version.name, signature).observe(rows, rows, time.perf_counter() - started)
         if record is not None:
             record.computed(started, time.perf_counter())
         return outputs

@@ -388,12 +388,16 @@ class Repository:
             if found.state != State.AVAILABLE:
                 raise Unavailable(f"model '{name}' version {version} is {found.state.name}, not AVAILABLE")
             return found
-        available = [v for v in model.versions.values() if v.state == State.AVAILABLE]
-        if not available:
+        newest: ModelVersion | None = None
+        available = State.AVAILABLE
+        for candidate in model.versions.values():
+            if candidate.state == available and (newest is None or candidate.version > newest.version):
+                newest = candidate
+        if newest is None:
             if any(v.state in (State.START, State.LOADING) for v in model.versions.values()):
                 raise Unavailable(f"model '{name}' is still loading")
             raise Unavailable(f"model '{name}' has no loadable version: {self.why_not_available(model)}")
-        return max(available, key=lambda v: v.version)
+        return newest
 
     def unavailable_labels(self) -> list[str]:
         """The configured version labels naming a version that is not AVAILABLE, as TF Serving's
