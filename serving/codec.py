@@ -55,6 +55,10 @@ _NUMPY_OF: dict[int, np.dtype] = {
     tensor_pb2.DT_STRING: STRING,
 }
 _DTYPE_OF: dict[np.dtype, int] = {v: k for k, v in _NUMPY_OF.items()}
+# The same by the dtype's `str` ('<f4'): a dict keyed by a short string is found without hashing
+# a numpy dtype (on the response path, see `_numeric_wire`).
+_DTYPE_OF_STR: dict[str, int] = {dtype.str: code for dtype, code in _DTYPE_OF.items()}
+assert len(_DTYPE_OF_STR) == len(_DTYPE_OF)
 # What tensor_content holds for each numeric DataType: its little-endian bytes.
 _CONTENT_DTYPES: dict[int, np.dtype] = {k: v.newbyteorder("<") for k, v in _NUMPY_OF.items() if v != STRING}
 
@@ -262,10 +266,13 @@ def _numeric_wire(array: np.ndarray, tensor_content: bool) -> bytes | None:
     the little-endian values as one length-delimited field (tensor_content, or the packed float,
     double or complex field). None for what needs per-element fields (strings, float16, integers
     in their typed fields)."""
-    kind = array.dtype.kind
-    if kind not in "fciub" or array.dtype == FLOAT16 or not (tensor_content or kind in "fc"):
+    dtype = array.dtype
+    kind = dtype.kind
+    if kind not in "fciub" or dtype.char == "e" or not (tensor_content or kind in "fc"):  # ("e": float16)
         return None
-    code = data_type(array.dtype)
+    code = _DTYPE_OF_STR.get(dtype.str)
+    if code is None:
+        code = data_type(dtype)
     tag = _PACKED_TAG["tensor_content" if tensor_content else _VALUE_FIELD[code]]
     return _header(code, array.shape) + length_delimited(tag, little_endian_bytes(array))
 

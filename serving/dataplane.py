@@ -88,11 +88,11 @@ def _check_names(signature: Signature, given: set[str]) -> None:
 
 
 def _check_tensor(name: str, value: np.ndarray, meta: TensorMeta, max_string_bytes: int) -> None:
-    if value.dtype != meta.dtype:
+    if value.dtype is not meta.dtype and value.dtype != meta.dtype:  # (`is`: the usual, cheap answer)
         raise InvalidArgument(
             f"input '{name}' must be {dtype_name(meta.dtype)}, got {dtype_name(value.dtype)}"
         )
-    if getattr(meta, "any_shape", False):
+    if meta.any_shape:
         # The engine takes any shape here (a TF1 graph's feed, an unknown-rank input: see
         # `serving.backends.tensorflow_backend.GraphTensor`); only the batch axis is needed.
         if value.ndim == 0:

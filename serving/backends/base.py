@@ -21,6 +21,9 @@ from serving.preprocess import PreprocessLimits
 class TensorMeta:
     dtype: np.dtype  # np.dtype(object) for strings
     shape: tuple[int, ...]  # -1 where unknown; batch dimension first
+    # The engine takes a tensor of any shape here (a SavedModel's TF1 feed or unknown-rank input,
+    # see `tensorflow_backend.GraphTensor`): requests are not held to `shape`.
+    any_shape: bool = False
 
     @functools.cached_property
     def known_tail(self) -> tuple[int, ...] | None:

@@ -49,7 +49,6 @@ class GraphTensor(TensorMeta):
 
     tensor_name: str = ""  # the graph tensor, e.g. "x:0"
     unknown_rank: bool = False
-    any_shape: bool = False
 
 
 class TensorFlowBackend:
