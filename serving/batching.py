@@ -33,7 +33,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -93,6 +93,7 @@ class Batcher:
         on_submit: SubmitObserver | None = None,
         on_dequeue: DequeueObserver | None = None,
         preferred_rows: int = 0,
+        on_queue_change: Callable[[], None] | None = None,
     ) -> None:
         """`observe` sees every engine call; `on_submit` every request as it is submitted (before the
         queue-full check, where TF Serving's batching session records its input sizes);
@@ -100,13 +101,15 @@ class Batcher:
         time it waited (zero for a request run at once on an idle engine). With `preferred_rows`
         (--preferred_batch_size), requests are merged only up to that many rows, where an engine's
         cost per row stops falling: a batch is full at that size, and a request larger than it still
-        runs whole, alone."""
+        runs whole, alone. `on_queue_change` is called on the event loop after a batch taken from
+        the queue was answered (`queued_rows` has changed; a request run at once changes nothing)."""
         self._run_batch = run_batch
         self.config = config
         self._executor = executor
         self._observe = observe
         self._on_submit = on_submit
         self._on_dequeue = on_dequeue
+        self._on_queue_change = on_queue_change
         # (rows, requests) -> whether a batch that size, answering that many requests, is cheap
         # enough to run on the event loop itself.
         self._inline = inline or (lambda rows, requests: False)
@@ -130,6 +133,12 @@ class Batcher:
 
     async def submit(self, inputs: Tensors) -> dict[str, np.ndarray]:
         """Queue one request's tensors; returns its own rows of the batched result."""
+        answer = self.begin(inputs)
+        return answer if isinstance(answer, dict) else await answer
+
+    def begin(self, inputs: Tensors) -> dict[str, np.ndarray] | Awaitable[dict[str, np.ndarray]]:
+        """`submit`, for a caller on the hot path: the outputs themselves when the request ran at
+        once (see below), else what to await for them (no coroutine is made for the common case)."""
         rows = rows_of(inputs)
         if self._on_submit is not None:
             self._on_submit(inputs)
@@ -139,7 +148,7 @@ class Batcher:
             )
         pad = self.config.pad_variable_length_inputs
         if rows > self._limit and self.config.enable_large_batch_splitting:
-            return await self._submit_split(batch_key(inputs, pad), inputs, rows)
+            return self._submit_split(batch_key(inputs, pad), inputs, rows)
         key = batch_key(inputs, pad) if self._queues else None  # (no queue: none to look up)
         if (
             self._at_once
@@ -152,7 +161,7 @@ class Batcher:
                 # run it now, exactly as an unbatched request would (a batch of one through the
                 # queue costs a future and a loop turn, and gains nothing).
                 return self._run_now(inputs, rows, padded)
-        return await self._enqueue(key if key is not None else batch_key(inputs, pad), inputs, rows)
+        return self._enqueue(key if key is not None else batch_key(inputs, pad), inputs, rows)
 
     def _enqueue(self, key: tuple[object, ...], inputs: Tensors, rows: int) -> asyncio.Future[dict[str, np.ndarray]]:
         pending = _Pending(inputs, rows, asyncio.get_running_loop().create_future())
@@ -370,6 +379,8 @@ class Batcher:
         rows = sum(p.rows for p in live)
         if self._observe is not None:
             self._observe(rows, self._padded(rows), ended - started)
+        if self._on_queue_change is not None:
+            self._on_queue_change()
         offset = 0
         for pending in live:
             if pending.record is not None:

@@ -9,6 +9,7 @@ batch queue, so one bad request can never fail a batch that other callers share.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import sys
 import time
@@ -623,7 +624,8 @@ class DataPlane:
                 record.phase("preprocess", started, time.perf_counter())
             record.dispatch()
         if self.batching is not None:
-            outputs = await self._batcher(resolved, sig.name).submit(prepared)
+            answer = self._batcher(resolved, sig.name).begin(prepared)
+            outputs = answer if isinstance(answer, dict) else await answer
         elif self._inline(resolved, sig.name, rows_of(prepared)):
             outputs = self._run(resolved, backend, sig.name, prepared, record)
         else:
@@ -658,28 +660,26 @@ class DataPlane:
         if batcher is None:
             assert self.batching is not None and version.backend is not None
             backend = version.backend
-            engine = self.metrics.engine(version.name, signature)
             queued = self.metrics.queued_rows.labels(version.name)
-
             published = self._queued_published  # the gauges' values: set only when they change
 
-            def observe(rows: int, padded: int, seconds: float) -> None:
-                engine.observe(rows, padded, seconds)
+            def queue_changed() -> None:
                 now = float(sum(b.queued_rows for b in version.batchers.values()))
-                if published.get(version.name) != now:  # (a request run at once changes nothing)
+                if published.get(version.name) != now:
                     queued.set(now)
                     published[version.name] = now
 
             metrics = self.metrics
             batcher = Batcher(
-                lambda tensors: backend.run(signature, tensors),
+                functools.partial(backend.run, signature),
                 self.batching,
                 self.executor,
-                observe,
+                metrics.engine(version.name, signature).observe,
                 inline=lambda rows, requests: self._inline(version, signature, rows, requests),
                 on_submit=metrics.batching_submitted,
                 on_dequeue=metrics.batching_dequeued,
                 preferred_rows=self.preferred_batch_size,
+                on_queue_change=queue_changed,
             )
             version.batchers[signature] = batcher
         return batcher

@@ -359,9 +359,9 @@ class Metrics:
 
     def batching_dequeued(self, rows: int, queued_seconds: float) -> None:
         """A task of `rows` rows (a request, or a piece of a split one) taken from a batch queue into
-        a batch: TF Serving's queuing_latency, the time it waited."""
+        a batch: TF Serving's queuing_latency, the time it waited (whole microseconds)."""
         if self._batching_session is not None:
-            self._batching_session.observe_queued(queued_seconds)
+            self._batching_session.observe_queued(int(queued_seconds * 1e6))
 
     def observe_examples(self, model: str, count: int) -> None:
         """The tf.Examples of one MultiInference request (TF Serving counts them there only)."""
@@ -568,7 +568,7 @@ class _BatchingSession:
         self._runs = deferred.counter(metrics.wrapped_run_count)
         self._processed = deferred.histogram(metrics.processed_batch_size)
         self.observe_input = deferred.histogram(metrics.input_batch_size)  # (rows)
-        self._queuing = deferred.histogram(metrics.queuing_latency.labels(BATCHING_THREAD_POOL))
+        self.observe_queued = deferred.histogram(metrics.queuing_latency.labels(BATCHING_THREAD_POOL))  # (us)
         self._padding_metric = metrics.padding_size
         self._deferred = deferred
         self._padding: dict[int, Callable[[float], None]] = {}  # execution batch size -> its record
@@ -580,9 +580,6 @@ class _BatchingSession:
         if observe is None:
             observe = self._padding[padded] = self._deferred.histogram(self._padding_metric.labels(str(padded)))
         observe(padded - rows)
-
-    def observe_queued(self, queued_seconds: float) -> None:
-        self._queuing(int(queued_seconds * 1e6))
 
 
 class _Families(Collector):

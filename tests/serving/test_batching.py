@@ -338,3 +338,23 @@ async def test_tasks_are_reported_as_submitted_and_as_each_batch_takes_them() ->
     with pytest.raises(ResourceExhausted):
         await batcher.submit({"x": np.zeros((13, 1), np.float32)})  # over 3 x 4 queued rows
     assert submitted == [1, 9, 13] and len(dequeued) == 4
+
+
+async def test_the_queue_is_reported_changed_after_queued_batches_not_after_requests_run_at_once() -> None:
+    """What the queued-rows gauge is set from: each answered batch that came from the queue; a
+    request run at once on an idle engine never entered it."""
+    seen: list[tuple[str, int]] = []
+    at_once = Batcher(
+        Recorder(),
+        config(batch_timeout_micros=0),
+        inline=lambda rows, requests: True,
+        on_queue_change=lambda: seen.append(("at once", at_once.queued_rows)),
+    )
+    await at_once.submit({"x": np.ones((2, 1), np.float32)})
+    assert seen == []
+    engine = Recorder()
+    queued = Batcher(  # (never inline: every request goes through the queue to an engine thread)
+        engine, config(batch_timeout_micros=0), on_queue_change=lambda: seen.append(("queued", queued.queued_rows))
+    )
+    await asyncio.gather(*(queued.submit({"x": np.ones((1, 1), np.float32)}) for _ in range(3)))
+    assert engine.sizes == [3] and seen == [("queued", 0)]
