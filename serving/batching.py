@@ -94,6 +94,7 @@ class Batcher:
         on_dequeue: DequeueObserver | None = None,
         preferred_rows: int = 0,
         on_queue_change: Callable[[], None] | None = None,
+        observe_at_once: Observer | None = None,
     ) -> None:
         """`observe` sees every engine call; `on_submit` every request as it is submitted (before the
         queue-full check, where TF Serving's batching session records its input sizes);
@@ -102,7 +103,10 @@ class Batcher:
         (--preferred_batch_size), requests are merged only up to that many rows, where an engine's
         cost per row stops falling: a batch is full at that size, and a request larger than it still
         runs whole, alone. `on_queue_change` is called on the event loop after a batch taken from
-        the queue was answered (`queued_rows` has changed; a request run at once changes nothing)."""
+        the queue was answered (`queued_rows` has changed; a request run at once changes nothing).
+        `observe_at_once`, if given, sees a request run at once on an idle engine (see `submit`) in
+        place of `on_dequeue` (a wait of 0) and `observe`: one call on that hot path. `inline` must
+        answer the same for the same arguments (its answers for single requests are kept)."""
         self._run_batch = run_batch
         self.config = config
         self._executor = executor
@@ -110,6 +114,8 @@ class Batcher:
         self._on_submit = on_submit
         self._on_dequeue = on_dequeue
         self._on_queue_change = on_queue_change
+        self._observe_at_once = observe_at_once
+        self._inline_alone: dict[int, bool] = {}  # padded rows -> `inline(rows, 1)`
         # (rows, requests) -> whether a batch that size, answering that many requests, is cheap
         # enough to run on the event loop itself.
         self._inline = inline or (lambda rows, requests: False)
@@ -156,7 +162,12 @@ class Batcher:
             and self._free_slots == self.config.num_batch_threads
         ):
             padded = self._padded(rows)
-            if self._inline(padded, 1):
+            inline = self._inline_alone.get(padded)
+            if inline is None:
+                inline = self._inline(padded, 1)
+                if padded <= self._limit:  # (the sizes a batch can have: a bounded set)
+                    self._inline_alone[padded] = inline
+            if inline:
                 # Nothing is waiting to share a batch, no batch is running, and the call is cheap:
                 # run it now, exactly as an unbatched request would (a batch of one through the
                 # queue costs a future and a loop turn, and gains nothing).
@@ -212,11 +223,14 @@ class Batcher:
         return sizes
 
     def _run_now(self, inputs: Tensors, rows: int, padded: int) -> dict[str, np.ndarray]:
-        if self._on_dequeue is not None:
+        observe_at_once = self._observe_at_once
+        if observe_at_once is None and self._on_dequeue is not None:
             self._on_dequeue(rows, 0.0)
         started = time.perf_counter()
         outputs = self._concat_and_run([inputs], rows, padded)
-        if self._observe is not None:
+        if observe_at_once is not None:
+            observe_at_once(rows, padded, time.perf_counter() - started)
+        elif self._observe is not None:
             self._observe(rows, padded, time.perf_counter() - started)
         computed(started, time.perf_counter())
         return {name: value[:rows] for name, value in outputs.items()} if padded > rows else outputs

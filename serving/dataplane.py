@@ -670,16 +670,18 @@ class DataPlane:
                     published[version.name] = now
 
             metrics = self.metrics
+            engine = metrics.engine(version.name, signature)
             batcher = Batcher(
                 functools.partial(backend.run, signature),
                 self.batching,
                 self.executor,
-                metrics.engine(version.name, signature).observe,
+                engine.observe,
                 inline=lambda rows, requests: self._inline(version, signature, rows, requests),
                 on_submit=metrics.batching_submitted,
                 on_dequeue=metrics.batching_dequeued,
                 preferred_rows=self.preferred_batch_size,
                 on_queue_change=queue_changed,
+                observe_at_once=engine.observe_at_once,
             )
             version.batchers[signature] = batcher
         return batcher

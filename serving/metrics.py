@@ -188,6 +188,18 @@ class EngineMetrics:
         if self._batching is not None:
             self._batching.observe_batch(rows, padded)
 
+    def observe_at_once(self, rows: int, padded: int, seconds: float) -> None:
+        """A batched request run at once on an idle engine: its wait in the queue (none: TF Serving's
+        queuing_latency 0) and its engine call, in one call (`Batcher`'s `observe_at_once`)."""
+        self._batch_size(rows)
+        if padded > rows:
+            self._padding(padded - rows)
+        self._seconds(seconds)
+        session = self._batching
+        if session is not None:
+            session.observe_queued(0)
+            session.observe_batch(rows, padded)
+
 
 class Metrics:
     def __init__(self, model_names: Iterable[str] = (), *, runtime: str = "onnxruntime", batching: bool = False) -> None:

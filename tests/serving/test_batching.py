@@ -347,11 +347,15 @@ async def test_the_queue_is_reported_changed_after_queued_batches_not_after_requ
     at_once = Batcher(
         Recorder(),
         config(batch_timeout_micros=0),
+        observe=lambda rows, padded, seconds: seen.append(("observe", rows)),
         inline=lambda rows, requests: True,
+        on_dequeue=lambda rows, seconds: seen.append(("dequeued", rows)),
         on_queue_change=lambda: seen.append(("at once", at_once.queued_rows)),
+        observe_at_once=lambda rows, padded, seconds: seen.append(("observe at once", rows)),
     )
     await at_once.submit({"x": np.ones((2, 1), np.float32)})
-    assert seen == []
+    assert seen == [("observe at once", 2)]  # in place of dequeued + observe; the queue unchanged
+    seen.clear()
     engine = Recorder()
     queued = Batcher(  # (never inline: every request goes through the queue to an engine thread)
         engine, config(batch_timeout_micros=0), on_queue_change=lambda: seen.append(("queued", queued.queued_rows))

@@ -148,3 +148,18 @@ def test_the_page_counts_every_request_at_once() -> None:
     assert ':tensorflow:serving:batching_session:padding_size_count{execution_batch_size="4"} 1' in text
     assert ':tensorflow:serving:batching_session:queuing_latency_count{thread_pool_name=""} 1' in text
     assert ":tensorflow:serving:batching_session:input_batch_size_count{} 1" in text
+
+
+def test_a_request_run_at_once_is_recorded_as_a_dequeue_then_a_batch() -> None:
+    """`EngineMetrics.observe_at_once` (the batcher's one hook on its fast path) writes what the
+    two hooks it stands for write."""
+    one_call, two_calls = Metrics(["digits"], batching=True), Metrics(["digits"], batching=True)
+    one_call.engine("digits", "serving_default").observe_at_once(3, 4, 0.0004)
+    two_calls.batching_dequeued(3, 0.0)
+    two_calls.engine("digits", "serving_default").observe(3, 4, 0.0004)
+
+    def page(metrics: Metrics) -> list[str]:
+        return [line for line in metrics.render().decode().splitlines() if "_created" not in line]
+
+    assert page(one_call) == page(two_calls)
+    assert ':tensorflow:serving:batching_session:queuing_latency_count{thread_pool_name=""} 1' in page(one_call)
