@@ -155,8 +155,9 @@ def to_numpy(
         # The hot path (numeric tensors in tensor_content): every dim positive and the byte count
         # exact, checked with the fewest Python steps; anything else takes the general path below.
         dtype = _CONTENT_DTYPES.get(proto.dtype)
-        shape = tuple([d.size for d in proto.tensor_shape.dim])
-        if dtype is not None and shape and min(shape) > 0 and len(shape) <= MAX_RANK and not proto.tensor_shape.unknown_rank:
+        tensor_shape = proto.tensor_shape  # (once: each access makes a new wrapper)
+        shape = tuple([d.size for d in tensor_shape.dim])
+        if dtype is not None and shape and min(shape) > 0 and len(shape) <= MAX_RANK and not tensor_shape.unknown_rank:
             expected = math.prod(shape) * dtype.itemsize
             if expected == len(content) and expected <= max_bytes:
                 # frombuffer gives a read-only view of the message's bytes: no copy.
