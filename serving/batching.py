@@ -114,7 +114,7 @@ class Batcher:
         self._on_submit = on_submit
         self._on_dequeue = on_dequeue
         self._on_queue_change = on_queue_change
-        self._observe_at_once = observe_at_once
+        self._observe_at_once = observe_at_once or self._dequeued_then_observed
         self._inline_alone: dict[int, bool] = {}  # padded rows -> `inline(rows, 1)`
         # (rows, requests) -> whether a batch that size, answering that many requests, is cheap
         # enough to run on the event loop itself.
@@ -223,17 +223,18 @@ class Batcher:
         return sizes
 
     def _run_now(self, inputs: Tensors, rows: int, padded: int) -> dict[str, np.ndarray]:
-        observe_at_once = self._observe_at_once
-        if observe_at_once is None and self._on_dequeue is not None:
-            self._on_dequeue(rows, 0.0)
         started = time.perf_counter()
         outputs = self._concat_and_run([inputs], rows, padded)
-        if observe_at_once is not None:
-            observe_at_once(rows, padded, time.perf_counter() - started)
-        elif self._observe is not None:
-            self._observe(rows, padded, time.perf_counter() - started)
+        self._observe_at_once(rows, padded, time.perf_counter() - started)
         computed(started, time.perf_counter())
         return {name: value[:rows] for name, value in outputs.items()} if padded > rows else outputs
+
+    def _dequeued_then_observed(self, rows: int, padded: int, seconds: float) -> None:
+        """`observe_at_once` when none is given: the two hooks it stands for, a wait of 0."""
+        if self._on_dequeue is not None:
+            self._on_dequeue(rows, 0.0)
+        if self._observe is not None:
+            self._observe(rows, padded, seconds)
 
     def _on_scheduled(self, key: tuple[object, ...]) -> None:
         self._scheduled.discard(key)

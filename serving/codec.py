@@ -56,7 +56,7 @@ _NUMPY_OF: dict[int, np.dtype] = {
 }
 _DTYPE_OF: dict[np.dtype, int] = {v: k for k, v in _NUMPY_OF.items()}
 # The same by the dtype's `str` ('<f4'): a dict keyed by a short string is found without hashing
-# a numpy dtype (on the response path, see `_numeric_wire`).
+# a numpy dtype (which costs on the response path, see `data_type`).
 _DTYPE_OF_STR: dict[str, int] = {dtype.str: code for dtype, code in _DTYPE_OF.items()}
 assert len(_DTYPE_OF_STR) == len(_DTYPE_OF)
 # What tensor_content holds for each numeric DataType: its little-endian bytes.
@@ -107,6 +107,10 @@ def numpy_dtype(data_type: int) -> np.dtype:
 
 def data_type(dtype: np.dtype) -> int:
     """The `DataType` of a numpy dtype (object arrays are DT_STRING)."""
+    if isinstance(dtype, np.dtype):  # (the usual case, found by its `str`: see `_DTYPE_OF_STR`)
+        code = _DTYPE_OF_STR.get(dtype.str)
+        if code is not None:
+            return code
     try:
         return _DTYPE_OF[np.dtype(dtype)]
     except KeyError:
@@ -271,9 +275,7 @@ def _numeric_wire(array: np.ndarray, tensor_content: bool) -> bytes | None:
     kind = dtype.kind
     if kind not in "fciub" or dtype.char == "e" or not (tensor_content or kind in "fc"):  # ("e": float16)
         return None
-    code = _DTYPE_OF_STR.get(dtype.str)
-    if code is None:
-        code = data_type(dtype)
+    code = data_type(dtype)
     tag = _PACKED_TAG["tensor_content" if tensor_content else _VALUE_FIELD[code]]
     return _header(code, array.shape) + length_delimited(tag, little_endian_bytes(array))
 

@@ -191,14 +191,9 @@ class EngineMetrics:
     def observe_at_once(self, rows: int, padded: int, seconds: float) -> None:
         """A batched request run at once on an idle engine: its wait in the queue (none: TF Serving's
         queuing_latency 0) and its engine call, in one call (`Batcher`'s `observe_at_once`)."""
-        self._batch_size(rows)
-        if padded > rows:
-            self._padding(padded - rows)
-        self._seconds(seconds)
-        session = self._batching
-        if session is not None:
-            session.observe_queued(0)
-            session.observe_batch(rows, padded)
+        if self._batching is not None:
+            self._batching.observe_queued(0)
+        self.observe(rows, padded, seconds)
 
 
 class Metrics:
@@ -388,17 +383,18 @@ class Metrics:
         self.warmup_records_read.labels(model_path, status).inc(records)
 
     def families(self) -> list[Any]:
-        """Every metric family's current values (every worker's summed, with --workers)."""
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            merged = CollectorRegistry()
-            multiprocess.MultiProcessCollector(merged)
-            return list(merged.collect())
+        """This process's metric families, every waiting record added first (see `Deferred`)."""
         self.deferred.flush()
         return list(self.registry.collect())
 
     def render(self) -> bytes:
         """The exposition page: TF Serving's metrics in its exporter's text, then the project's."""
-        families = self.families()
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # every worker's values, summed
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged)
+            families = list(merged.collect())
+        else:
+            families = self.families()
         by_name = {family.name: family for family in families}
         tf_families = {_family_name(spec): by_name.pop(_family_name(spec), None) for spec in TF_METRICS}
         tf_families[TF_REQUEST_COUNT.name] = _request_count(by_name.get(REQUESTS_FAMILY))

@@ -64,9 +64,7 @@ class _Irregular(Exception):
 
 def parse_predict(raw: bytes) -> PredictCall:
     """The request in `raw`; raises protobuf's DecodeError for bytes that are no PredictRequest."""
-    if len(raw) < IN_PLACE_MIN_BYTES:  # (the common small request: no walk to try)
-        return PredictCall(apis_pb2.PredictRequest.FromString(raw), _NOTHING_IN_PLACE)
-    split = _in_place(raw, _split)
+    split = _in_place(raw, _split) if len(raw) >= IN_PLACE_MIN_BYTES else None  # (small: no walk to try)
     if split is not None and split[1]:
         return PredictCall(apis_pb2.PredictRequest.FromString(split[0]), split[1])
     return PredictCall(apis_pb2.PredictRequest.FromString(raw), _NOTHING_IN_PLACE)
